@@ -1,0 +1,38 @@
+# One entry point for humans and CI. Every target creates .venv if it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint demo bench bench-full simulator clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## The one test command: lint, types, then the whole suite (incl. a full scheduler + triggerer run).
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The example call-outcome ETL against the embedded simulator, in a throwaway AIRFLOW_HOME.
+demo: $(STAMP)
+	$(BIN)/python -m airflow_provider_dialnexa.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+simulator: $(STAMP)
+	$(BIN)/dialnexa-simulator --port 8089
+
+clean:
+	rm -rf $(VENV) .demo .airflow_home .pytest_cache .mypy_cache .ruff_cache
