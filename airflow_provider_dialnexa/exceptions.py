@@ -1,0 +1,225 @@
+"""The one place for DialNexa errors: the typed hierarchy and the HTTP-response-to-error mapping.
+
+Every error subclasses ``AirflowException`` so task retries and ``soft_fail`` behave as Airflow users
+expect. Messages name the call id, the connection id, the HTTP status and DialNexa's own ``message``;
+they never contain the API key or a whole response body (call records hold transcripts: personal data).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from airflow.providers.common.compat.sdk import AirflowException
+
+_MAX_MESSAGE = 300
+
+
+class DialNexaError(AirflowException):
+    """Base class of every error this provider raises about DialNexa."""
+
+    #: Short machine-readable name, used as the ``kind`` of trigger ``error`` events.
+    kind: ClassVar[str] = "error"
+    #: True when resending the same request may succeed (the hook retries these).
+    retryable: ClassVar[bool] = False
+    #: What the user should do about it.
+    hint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        call_id: str | None = None,
+        conn_id: str | None = None,
+        http_status: int | None = None,
+        api_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.call_id = call_id
+        self.conn_id = conn_id
+        self.http_status = http_status
+        self.api_message = api_message
+        self.retry_after = retry_after
+
+
+class DialNexaConfigError(DialNexaError):
+    """The Airflow connection cannot be used (no API key, unusable host, invalid extras)."""
+
+    kind = "config"
+
+
+class InvalidCallIdError(DialNexaError, ValueError):
+    """A call id that must not be sent (empty, path characters, control characters, too long)."""
+
+    kind = "bad_request"
+
+
+class DialNexaBadRequestError(DialNexaError):
+    """400 (and other 4xx DialNexa documents as final: 402, 409, 422)."""
+
+    kind = "bad_request"
+    hint = "DialNexa rejected the request; check the call id format."
+
+
+class DialNexaAuthError(DialNexaError):
+    """401: the API key is missing, invalid or revoked."""
+
+    kind = "auth"
+    hint = "Check the API key (password field) of the connection."
+
+
+class DialNexaPermissionError(DialNexaError):
+    """403: the key may not read this call (e.g. it belongs to another organization)."""
+
+    kind = "permission"
+    hint = "The call belongs to another organization, or the key lacks permission."
+
+
+class DialNexaNotFoundError(DialNexaError):
+    """404: no such call for this key (DialNexa also answers 404 for other organizations' calls)."""
+
+    kind = "not_found"
+    hint = "Check the call id, and that the key belongs to the organization that placed the call."
+
+
+class DialNexaRateLimitError(DialNexaError):
+    """429 that outlasted the retries."""
+
+    kind = "rate_limited"
+    retryable = True
+    hint = "DialNexa rate-limits per API key: lower concurrency or the connection's rate_limit_per_minute."
+
+
+class DialNexaServerError(DialNexaError):
+    """5xx that outlasted the retries."""
+
+    kind = "server"
+    retryable = True
+    hint = "DialNexa kept failing; retry later."
+
+
+class DialNexaUnreachableError(DialNexaServerError):
+    """Connection refused/reset or timed out, after the retries."""
+
+    hint = "Check the connection's host and the network path to DialNexa."
+
+
+class DialNexaMalformedResponseError(DialNexaError):
+    """A 2xx whose body is not a JSON object with an ``id`` (or not JSON at all)."""
+
+    kind = "malformed"
+    hint = "DialNexa sent an unexpected body; if it persists, report it to DialNexa."
+
+
+class DialNexaCallFailedError(DialNexaError):
+    """The call ended in a status the task was told to treat as failure (``failure_statuses``)."""
+
+    kind = "call_failed"
+
+
+class DialNexaWaitTimeoutError(DialNexaError):
+    """The call did not end before the wait's deadline."""
+
+    kind = "timeout"
+
+
+#: Event ``kind`` -> exception class, for turning trigger events back into typed errors.
+ERROR_KINDS: dict[str, type[DialNexaError]] = {
+    cls.kind: cls
+    for cls in (
+        DialNexaBadRequestError,
+        DialNexaAuthError,
+        DialNexaPermissionError,
+        DialNexaNotFoundError,
+        DialNexaRateLimitError,
+        DialNexaServerError,
+        DialNexaMalformedResponseError,
+        DialNexaConfigError,
+    )
+}
+
+#: Kinds a waiting trigger outlives by polling again (up to its consecutive-failure cap).
+TRANSIENT_KINDS: frozenset[str] = frozenset({"server", "rate_limited", "malformed"})
+
+_BY_STATUS: dict[int, type[DialNexaError]] = {
+    400: DialNexaBadRequestError,
+    401: DialNexaAuthError,
+    403: DialNexaPermissionError,
+    404: DialNexaNotFoundError,
+    429: DialNexaRateLimitError,
+}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Remove secrets (the API key) from text that may reach a log or an exception."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def api_message(body: bytes) -> str | None:
+    """DialNexa's ``message`` from an error envelope (a string or a list of strings), else None."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, Mapping):
+        return None
+    message = data.get("message")
+    if isinstance(message, list):
+        message = "; ".join(str(part) for part in message)
+    return None if message is None else str(message)
+
+
+def describe(subject: str, conn_id: str | None) -> str:
+    """The prefix every message starts with: what was asked, through which connection."""
+    via = f" (connection {conn_id!r})" if conn_id else ""
+    return f"DialNexa {subject}{via}"
+
+
+def error_for_status(
+    status_code: int,
+    body: bytes,
+    *,
+    subject: str,
+    call_id: str | None,
+    conn_id: str | None,
+    secrets: Iterable[str] = (),
+    retry_after: float | None = None,
+) -> DialNexaError:
+    """Map a non-2xx response to its typed error (the one mapping sync and async paths share)."""
+    if status_code in _BY_STATUS:
+        cls = _BY_STATUS[status_code]
+    elif status_code >= 500:
+        cls = DialNexaServerError
+    else:
+        cls = DialNexaBadRequestError
+    try:
+        reason = HTTPStatus(status_code).phrase
+    except ValueError:
+        reason = "HTTP error"
+    message = api_message(body)
+    detail = scrub(message[:_MAX_MESSAGE], secrets) if message else None
+    text = f"{describe(subject, conn_id)}: HTTP {status_code} {reason}"
+    if detail:
+        text += f": {detail}"
+    if cls.hint:
+        text += f". {cls.hint}"
+    return cls(
+        text,
+        call_id=call_id,
+        conn_id=conn_id,
+        http_status=status_code,
+        api_message=detail,
+        retry_after=retry_after,
+    )
+
+
+def error_from_event(event: Mapping[str, Any]) -> DialNexaError:
+    """Rebuild the typed error a trigger ``error`` event stands for."""
+    cls = ERROR_KINDS.get(str(event.get("kind")), DialNexaError)
+    return cls(str(event.get("message") or "DialNexa trigger failed"), call_id=event.get("call_id"))
