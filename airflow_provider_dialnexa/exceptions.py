@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 _MAX_MESSAGE = 300
 
@@ -114,8 +114,12 @@ class DialNexaMalformedResponseError(DialNexaError):
     hint = "DialNexa sent an unexpected body; if it persists, report it to DialNexa."
 
 
-class DialNexaCallFailedError(DialNexaError):
-    """The call ended in a status the task was told to treat as failure (``failure_statuses``)."""
+class DialNexaCallFailedError(DialNexaError, AirflowFailException):
+    """The call ended in a status the task was told to treat as failure (``failure_statuses``).
+
+    An ``AirflowFailException``: the outcome is final, so the task is not retried, and ``soft_fail``
+    turns it into a skip in poke and deferrable modes alike.
+    """
 
     kind = "call_failed"
 

@@ -1,0 +1,162 @@
+"""Coalesced status polling: many waiting triggers, a handful of List Calls requests.
+
+DialNexa rate-limits per API key (about 150 requests a minute was observed), so one Get Call per wait
+per poll cannot scale to thousands of waits. Instead, the triggers of one event loop that share a
+connection hand their call ids to one ``BatchPoller``; it collects the ids asked for within a short
+window and fetches them with ``GET /v1/calls?call_id=a,b,...`` (up to 200 per request), then hands each
+trigger its record. Triggers keep their own schedules, deadlines and events; the poller only changes
+how their reads reach DialNexa.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from airflow_provider_dialnexa.exceptions import (
+    DialNexaBadRequestError,
+    DialNexaError,
+    DialNexaNotFoundError,
+    DialNexaPermissionError,
+)
+from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
+
+log = logging.getLogger(__name__)
+
+#: How long the poller collects ids before sending a batch: adds at most this to detection delay.
+BATCH_WINDOW = 1.0
+
+# Errors of the List Calls route itself: the deployment does not offer it to this key.
+_ROUTE_REFUSED = (DialNexaBadRequestError, DialNexaPermissionError, DialNexaNotFoundError)
+
+
+class BatchPoller:
+    """Fetches call records for every trigger of one event loop and connection id."""
+
+    def __init__(self, hook: DialNexaHook, window: float = BATCH_WINDOW) -> None:
+        self.hook = hook
+        self.window = window
+        self.batch_size = MAX_LIST_LIMIT
+        self.list_refused = False
+        self.users = 0
+        self._pending: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Ids waiting for the next batch (0 once every trigger has its answer or was cancelled)."""
+        return len(self._pending)
+
+    async def fetch(self, call_id: str) -> dict[str, Any]:
+        """The call's current record, via the next batch (or Get Call when batching is unavailable)."""
+        if self.list_refused:
+            return await self.hook.aget_call(call_id)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(call_id, []).append(future)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop(), name="dialnexa-batch-poller")
+        try:
+            return await future
+        finally:
+            if not future.done():  # cancelled trigger: unregister so nothing waits on its behalf
+                waiters = self._pending.get(call_id, [])
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    self._pending.pop(call_id, None)
+
+    async def _flush_loop(self) -> None:
+        """Each tick: wait one window, then send every id asked for so far, ``batch_size`` per request."""
+        while self._pending:
+            await asyncio.sleep(self.window)
+            due, self._pending = self._pending, {}
+            ids = list(due)
+            batches = [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
+            await asyncio.gather(*(self._fetch_batch({call_id: due[call_id] for call_id in b}) for b in batches))
+
+    async def _fetch_batch(self, waiters: dict[str, list[asyncio.Future[dict[str, Any]]]]) -> None:
+        ids = list(waiters)
+        records: dict[str, dict[str, Any]] = {}
+        failure: BaseException | None = None
+        if not self.list_refused:
+            try:
+                records, server_limit = await self.hook.alist_calls(ids, limit=self.batch_size)
+                if server_limit and server_limit < self.batch_size:
+                    log.info(
+                        "DialNexa List Calls caps limit at %d; batching %d ids per request", server_limit, server_limit
+                    )
+                    self.batch_size = server_limit
+            except _ROUTE_REFUSED as exc:
+                self.list_refused = True
+                log.warning("DialNexa List Calls is not available (%s); polling each call with Get Call instead", exc)
+            except DialNexaError as exc:
+                failure = exc
+        missing = [call_id for call_id in ids if call_id not in records]
+        if missing and failure is None:
+            # Ids a list did not return (or every id, if the route is refused): Get Call each, which also
+            # yields the proper 404/403 for that id.
+            results = await asyncio.gather(
+                *(self.hook.aget_call(call_id) for call_id in missing), return_exceptions=True
+            )
+            for call_id, result in zip(missing, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._settle(waiters[call_id], error=result)
+                else:
+                    records[call_id] = result
+        for call_id in ids:
+            if call_id in records:
+                self._settle(waiters[call_id], record=records[call_id])
+            elif failure is not None:
+                self._settle(waiters[call_id], error=failure)
+
+    @staticmethod
+    def _settle(
+        futures: list[asyncio.Future[dict[str, Any]]],
+        *,
+        record: dict[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        for future in futures:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(record or {})
+
+    async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._flusher
+
+
+# One poller per (event loop, connection id), alive while at least one trigger uses it.
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, BatchPoller]] = weakref.WeakKeyDictionary()
+
+
+def active_pollers() -> dict[str, BatchPoller]:
+    """This event loop's live pollers by connection id (for tests and benchmarks)."""
+    return dict(_pollers.get(asyncio.get_running_loop(), {}))
+
+
+@contextmanager
+def batch_poller(conn_id: str) -> Iterator[BatchPoller]:
+    """Use this loop's shared poller for ``conn_id``; the last user to leave removes it."""
+    pollers = _pollers.setdefault(asyncio.get_running_loop(), {})
+    poller = pollers.get(conn_id)
+    if poller is None:
+        poller = pollers[conn_id] = BatchPoller(DialNexaHook(conn_id))
+    poller.users += 1
+    try:
+        yield poller
+    finally:
+        poller.users -= 1
+        if poller.users == 0 and pollers.get(conn_id) is poller:
+            del pollers[conn_id]
+            if poller._flusher is not None:
+                poller._flusher.cancel()

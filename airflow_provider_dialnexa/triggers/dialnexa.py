@@ -1,0 +1,192 @@
+"""DialNexaCallTrigger: wait, in the triggerer, until a DialNexa call reaches a terminal status."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_dialnexa import status as call_status
+from airflow_provider_dialnexa._http import POLLING_MODES
+from airflow_provider_dialnexa._poller import batch_poller
+from airflow_provider_dialnexa.exceptions import TRANSIENT_KINDS, DialNexaError, DialNexaMalformedResponseError
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
+
+#: Event names a trigger yields (exactly one per run).
+SUCCESS, ERROR, TIMEOUT = "success", "error", "timeout"
+EVENT_NAMES = frozenset({SUCCESS, ERROR, TIMEOUT})
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
+
+
+class DialNexaCallTrigger(BaseTrigger):
+    """Poll one call until it ends, then yield exactly one small event and return.
+
+    Events (no transcript, no phone numbers - they are stored in the metadata DB):
+
+    * ``{"event": "success", "call_id", "status", "raw_status"}`` - ``status`` normalised;
+    * ``{"event": "error", "call_id", "kind", "message"}`` - ``kind`` is one of auth, permission,
+      not_found, bad_request, server, rate_limited, malformed, config, error;
+    * ``{"event": "timeout", "call_id", "message", "last_status"}`` - ``end_time`` passed.
+
+    Every argument is a primitive, and ``serialize()`` returns exactly them, so the trigger survives
+    serde, triggerer restarts and HA duplicates (it only reads). The API key never appears here: the
+    trigger resolves ``dialnexa_conn_id`` itself, asynchronously.
+
+    :param call_id: The DialNexa call id.
+    :param dialnexa_conn_id: Airflow connection id.
+    :param poll_interval: First interval between polls, seconds (>= 1; DialNexa suggests 5-10).
+    :param end_time: Wall-clock deadline, epoch seconds (``time.time()``: worker and triggerer are
+        different processes, so never a monotonic reading). None waits forever.
+    :param max_poll_interval: Cap of the growing interval.
+    :param poll_growth: Factor the interval grows by after each poll of a running call.
+    :param poll_jitter: +- fraction applied to each interval, so thousands of waits do not poll in lockstep.
+    :param first_poll_delay: Seconds before the first poll (None: one ``poll_interval``; the sensor has
+        just looked). 0 polls at once.
+    :param max_consecutive_failures: Transient failures (5xx, 429, unreachable, malformed body) survived
+        in a row, each after the hook's own retries, before giving up with an ``error`` event.
+    :param polling: ``batched`` (share List Calls requests with other waits on this connection),
+        ``per_call`` (Get Call each time), or None to use the connection's ``polling`` extra (default batched).
+    """
+
+    def __init__(
+        self,
+        call_id: str,
+        dialnexa_conn_id: str = DialNexaHook.default_conn_name,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        end_time: float | None = None,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_growth: float = 1.5,
+        poll_jitter: float = 0.1,
+        first_poll_delay: float | None = None,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        polling: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.call_id = call_id
+        self.dialnexa_conn_id = dialnexa_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = None if end_time is None else float(end_time)
+        self.max_poll_interval = float(max(max_poll_interval, poll_interval))
+        self.poll_growth = float(poll_growth)
+        self.poll_jitter = float(poll_jitter)
+        self.first_poll_delay = None if first_poll_delay is None else float(first_poll_delay)
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        if polling is not None and polling not in POLLING_MODES:
+            raise ValueError(f"polling must be one of {POLLING_MODES} or None, got {polling!r}")
+        self.polling = polling
+        # Validate now, in the worker, so a bad policy fails the task instead of the trigger.
+        self._policy = PollPolicy(self.poll_interval, self.max_poll_interval, self.poll_growth, self.poll_jitter)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "call_id": self.call_id,
+                "dialnexa_conn_id": self.dialnexa_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "max_poll_interval": self.max_poll_interval,
+                "poll_growth": self.poll_growth,
+                "poll_jitter": self.poll_jitter,
+                "first_poll_delay": self.first_poll_delay,
+                "max_consecutive_failures": self.max_consecutive_failures,
+                "polling": self.polling,
+            },
+        )
+
+    def _event(self, name: str, **fields: Any) -> TriggerEvent:
+        return TriggerEvent({"event": name, "call_id": self.call_id, **fields})
+
+    def _first_delay(self) -> float:
+        if self.first_poll_delay is not None:
+            return max(0.0, self.first_poll_delay)
+        return self._policy.interval(0)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = DialNexaHook(self.dialnexa_conn_id)
+        try:
+            async with AsyncExitStack() as stack:
+                fetch: Callable[[str], Awaitable[dict[str, Any]]] = hook.aget_call
+                polling = self.polling or (await hook.asettings()).polling
+                if polling == "batched":
+                    fetch = stack.enter_context(batch_poller(self.dialnexa_conn_id)).fetch
+                event = await self._wait(fetch)
+        except DialNexaError as exc:  # e.g. an unusable connection, raised before the first poll
+            event = self._event(ERROR, kind=exc.kind, message=str(exc))
+        except Exception as exc:  # a bug must still end the wait with a readable event, not a crash
+            self.log.exception("DialNexa trigger for call %r failed unexpectedly", self.call_id)
+            event = self._event(ERROR, kind="error", message=f"{type(exc).__name__}: {exc}")
+        yield event
+
+    async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> TriggerEvent:
+        polls = failures = 0
+        delay = self._first_delay()
+        last_status: str | None = None
+        warned: set[str] = set()
+        while True:
+            if self.end_time is not None:
+                remaining = self.end_time - time.time()
+                if remaining <= 0:
+                    return self._event(
+                        TIMEOUT,
+                        message=f"DialNexa call {self.call_id!r} had not ended by the deadline "
+                        f"(last status: {last_status or 'unknown'})",
+                        last_status=last_status,
+                    )
+                delay = min(delay, remaining)
+            await asyncio.sleep(delay)
+            if self.end_time is not None and time.time() >= self.end_time:
+                continue  # report the timeout without a poll the deadline did not leave room for
+            try:
+                record = await fetch(self.call_id)
+                raw = record.get("status")
+                if raw is None or raw == "":
+                    raise DialNexaMalformedResponseError(
+                        f"DialNexa call {self.call_id!r}: the record has no 'status'", call_id=self.call_id
+                    )
+            except DialNexaError as exc:
+                failures += 1
+                if exc.kind not in TRANSIENT_KINDS or failures >= self.max_consecutive_failures:
+                    if exc.kind in TRANSIENT_KINDS:
+                        message = f"{exc} (gave up after {failures} consecutive failed polls)"
+                    else:
+                        message = str(exc)
+                    return self._event(ERROR, kind=exc.kind, message=message)
+                self.log.warning("Poll %d of DialNexa call %r failed (%s); polling again", polls + 1, self.call_id, exc)
+                delay = self._policy.interval(polls)
+                continue
+            failures = 0
+            polls += 1
+            status = call_status.normalise(raw)
+            last_status = status
+            phase = call_status.phase(status)
+            if phase is call_status.Phase.TERMINAL:
+                return self._event(SUCCESS, status=status, raw_status=str(raw))
+            if phase is call_status.Phase.UNKNOWN and status not in warned:
+                warned.add(status)
+                self.log.warning(
+                    "DialNexa call %r has undocumented status %r; treating it as still running", self.call_id, raw
+                )
+            delay = self._policy.interval(polls - 1)
+
+
+def validate_event(event: Any, call_id: str | None = None) -> dict[str, Any]:
+    """Check a resumed task's trigger event; fail loudly on anything this trigger never yields.
+
+    The event crosses the triggerer/worker boundary through the metadata DB, so a task may resume with
+    None (e.g. a trigger killed mid-way) or a payload from another version: both are errors, not successes.
+    """
+    if not isinstance(event, dict) or event.get("event") not in EVENT_NAMES:
+        raise DialNexaError(
+            f"DialNexa call {call_id!r}: the task resumed with an unexpected trigger event {event!r:.200}; "
+            "clear the task to wait again",
+            call_id=call_id,
+        )
+    if event["event"] == SUCCESS and not event.get("status"):
+        raise DialNexaError(f"DialNexa call {call_id!r}: success event without a status: {event!r:.200}")
+    return event
