@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench bench-full simulator clean
+.PHONY: install test lint compat demo bench simulator clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## The one test command: lint, types, then the whole suite (incl. a full scheduler + triggerer run).
+## The one test command: lint, types, the whole suite (incl. a full scheduler + triggerer run),
+## then an import/construct smoke check on Airflow 2.11.
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) compat
+
+## Airflow 2.11 in its own virtualenv: the provider must stay importable there.
+AF2 := .venv-airflow2
+compat: $(STAMP)
+	test -x $(AF2)/bin/python || $(PYTHON) -m venv $(AF2)
+	$(BIN)/uv pip install --quiet --python $(AF2)/bin/python "apache-airflow==2.11.2" \
+		"apache-airflow-providers-common-compat==1.23.0" -e .
+	AIRFLOW_HOME=$(CURDIR)/$(AF2)/airflow_home $(AF2)/bin/python -W ignore .ci/airflow2_smoke.py
 
 ## The example call-outcome ETL against the embedded simulator, in a throwaway AIRFLOW_HOME.
 demo: $(STAMP)
@@ -35,4 +45,4 @@ simulator: $(STAMP)
 	$(BIN)/dialnexa-simulator --port 8089
 
 clean:
-	rm -rf $(VENV) .demo .airflow_home .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AF2) .demo .airflow_home .pytest_cache .mypy_cache .ruff_cache
