@@ -38,8 +38,8 @@ CONN_FIELDS: dict[str, Any] = {
     },
     "rate_limit_per_minute": {
         "label": "Rate budget (requests/min)",
-        "description": "Requests per minute this process may send with this API key.",
-        "schema": {"type": ["number", "null"], "minimum": 1, "maximum": 100000},
+        "description": "Requests per minute one process may send with this API key (0 = no budget).",
+        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 100000},
     },
     "polling": {
         "label": "Trigger polling",

@@ -1,0 +1,46 @@
+"""Shared fixtures: one embedded DialNexa simulator per test session, reset before every test that uses it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_dialnexa.simulator import Simulator
+
+SIM_API_KEY = "dnx_test_key:s3cr3t-SIM-KEY"
+SIM_SEED = 1234
+
+
+@pytest.fixture(scope="session")
+def _simulator_server() -> Iterator[Simulator]:
+    """The session's simulator (a uvicorn thread on an ephemeral loopback port)."""
+    with Simulator(api_key=SIM_API_KEY, seed=SIM_SEED) as sim:
+        yield sim
+
+
+@pytest.fixture
+def api_key() -> str:
+    """The API key the simulator accepts."""
+    return SIM_API_KEY
+
+
+@pytest.fixture
+def simulator(_simulator_server: Simulator) -> Simulator:
+    """The session simulator with no calls, faults, counters or config changes left by earlier tests."""
+    _simulator_server.reset()
+    return _simulator_server
+
+
+@pytest.fixture
+def dialnexa_conn(simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Simulator:
+    """Point Airflow's ``dialnexa_default`` connection at the simulator (env-var connection); returns the simulator."""
+    conn = {
+        "conn_type": "dialnexa",
+        "host": simulator.url,
+        "password": api_key,
+        "extra": {"timeout": 5, "max_retries": 3},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DIALNEXA_DEFAULT", json.dumps(conn))
+    return simulator
