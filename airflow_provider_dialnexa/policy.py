@@ -8,6 +8,7 @@ API key first takes a token from that key's ``RateBudget``.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import threading
 import time
@@ -45,6 +46,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):  # "inf"/"nan"/"1e400" would park a task (or the whole key's budget) forever
+        return None
     return max(0.0, seconds)
 
 

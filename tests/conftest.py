@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from airflow_provider_dialnexa import policy
 from airflow_provider_dialnexa.simulator import Simulator
 
 SIM_API_KEY = "dnx_test_key:s3cr3t-SIM-KEY"
@@ -18,6 +19,14 @@ def _simulator_server() -> Iterator[Simulator]:
     """The session's simulator (a uvicorn thread on an ephemeral loopback port)."""
     with Simulator(api_key=SIM_API_KEY, seed=SIM_SEED) as sim:
         yield sim
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_budgets() -> Iterator[None]:
+    """Each test starts with full per-key rate budgets (they are process-wide, like in a triggerer)."""
+    policy._budgets.clear()
+    yield
+    policy._budgets.clear()
 
 
 @pytest.fixture

@@ -156,11 +156,15 @@ class DialNexaHook(BaseHook):
                 state.clients[self.dialnexa_conn_id] = shared
         return shared
 
-    def _forget_loop_client(self) -> None:
-        """Drop the shared client after a 401, so a fixed key is picked up by the next request."""
+    async def _forget_loop_client(self, shared: _LoopClient) -> None:
+        """Drop and close the shared client after a 401, so a fixed key is picked up by the next request.
+
+        Only if it is still the current one: another hook may already have replaced it.
+        """
         state = _loop_states.get(asyncio.get_running_loop())
-        if state is not None:
-            state.clients.pop(self.dialnexa_conn_id, None)
+        if state is not None and state.clients.get(self.dialnexa_conn_id) is shared:
+            del state.clients[self.dialnexa_conn_id]
+            await shared.client.aclose()
 
     async def asettings(self) -> ConnectionSettings:
         """The validated connection, resolved without blocking the event loop."""
@@ -187,10 +191,10 @@ class DialNexaHook(BaseHook):
             conn_id=settings.conn_id,
         )
 
-    @staticmethod
-    def _after_error(exc: DialNexaError, budget: RateBudget | None) -> None:
+    def _after_error(self, exc: DialNexaError, budget: RateBudget | None) -> None:
         if isinstance(exc, DialNexaRateLimitError) and budget is not None:
-            budget.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+            wait = exc.retry_after if exc.retry_after is not None else 1.0
+            budget.pause(min(wait, self._retry_policy.retry_after_max))  # a bogus Retry-After must not park the key
 
     # -- sync (tasks) -------------------------------------------------------------------------------
 
@@ -253,20 +257,18 @@ class DialNexaHook(BaseHook):
     # -- async (triggers) ---------------------------------------------------------------------------
 
     async def _aget(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
-        shared = await self._loop_client()
-        settings, budget = shared.settings, shared.budget
-        timeout = self._read_timeout(settings)
+        settings = (await self._loop_client()).settings
+        timeout = httpx.Timeout(self._read_timeout(settings), connect=CONNECT_TIMEOUT, pool=None)
         retrying = AsyncRetrying(**self._policy(settings).tenacity_kwargs(self.log, describe(subject, None)))
         async for attempt in retrying:
             with attempt:
-                if budget is not None:
-                    delay = budget.reserve()
+                shared = await self._loop_client()  # per attempt: a client dropped after a 401 is not reused
+                if shared.budget is not None:
+                    delay = shared.budget.reserve()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 try:
-                    response = await shared.client.get(
-                        url, params=params, timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT, pool=None)
-                    )
+                    response = await shared.client.get(url, params=params, timeout=timeout)
                 except httpx.TransportError as exc:
                     raise self._unreachable(exc, subject, settings, call_id) from None
                 try:
@@ -279,10 +281,10 @@ class DialNexaHook(BaseHook):
                         settings=settings,
                     )
                 except DialNexaAuthError:
-                    self._forget_loop_client()
+                    await self._forget_loop_client(shared)
                     raise
                 except DialNexaError as exc:
-                    self._after_error(exc, budget)
+                    self._after_error(exc, shared.budget)
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -387,6 +387,8 @@ class SimState:
         self._log: list[LogEntry] = []
         self._window = 0
         self._window_count = 0
+        # Requests that started before a reset (e.g. held by a ``slow`` fault) are not counted after it.
+        self._reset_at = time.time()
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change config fields (see :class:`SimConfig`); returns the new config. Unknown names raise."""
@@ -548,6 +550,8 @@ class SimState:
     ) -> tuple[int, int, int]:
         """Count one public-API request; returns cosmetic rate-limit numbers ``(limit, remaining, reset_epoch)``."""
         with self._lock:
+            if now < self._reset_at:
+                return self.config.ratelimit_limit, self.config.ratelimit_limit, int(now // 60 + 1) * 60
             self._requests += 1
             self._by_route[route] += 1
             self._by_status[status] += 1
