@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from airflow_provider_dialnexa._http import validate_call_id
 from airflow_provider_dialnexa.exceptions import (
     DialNexaBadRequestError,
-    DialNexaError,
     DialNexaNotFoundError,
     DialNexaPermissionError,
 )
@@ -53,6 +53,7 @@ class BatchPoller:
 
     async def fetch(self, call_id: str) -> dict[str, Any]:
         """The call's current record, via the next batch (or Get Call when batching is unavailable)."""
+        validate_call_id(call_id)  # an id that cannot be sent must fail its own wait, not the whole batch
         if self.list_refused:
             return await self.hook.aget_call(call_id)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -62,12 +63,13 @@ class BatchPoller:
         try:
             return await future
         finally:
-            if not future.done():  # cancelled trigger: unregister so nothing waits on its behalf
-                waiters = self._pending.get(call_id, [])
-                if future in waiters:
-                    waiters.remove(future)
+            # A cancelled trigger (whose cancellation also cancels ``future``) must not stay registered, or
+            # its id is still fetched on its behalf. A settled future was already taken out of ``_pending``.
+            waiters = self._pending.get(call_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
                 if not waiters:
-                    self._pending.pop(call_id, None)
+                    del self._pending[call_id]
 
     async def _flush_loop(self) -> None:
         """Each tick: wait one window, then send every id asked for so far, ``batch_size`` per request."""
@@ -78,22 +80,36 @@ class BatchPoller:
             batches = [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
             await asyncio.gather(*(self._fetch_batch({call_id: due[call_id] for call_id in b}) for b in batches))
 
+    async def _list(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Records of ``ids`` by List Calls; ids a capped page could not hold are listed again."""
+        records, server_limit = await self.hook.alist_calls(ids, limit=max(self.batch_size, len(ids)))
+        if server_limit and server_limit < len(ids):
+            if server_limit < self.batch_size:
+                log.info(
+                    "DialNexa List Calls caps limit at %d; batching %d ids per request", server_limit, server_limit
+                )
+                self.batch_size = server_limit
+            # The page was too small for every id: those it left out may exist, so list them, not Get Call.
+            rest = [call_id for call_id in ids if call_id not in records]
+            for i in range(0, len(rest), server_limit):
+                records.update(await self._list(rest[i : i + server_limit]))
+        return records
+
     async def _fetch_batch(self, waiters: dict[str, list[asyncio.Future[dict[str, Any]]]]) -> None:
         ids = list(waiters)
         records: dict[str, dict[str, Any]] = {}
         failure: BaseException | None = None
         if not self.list_refused:
             try:
-                records, server_limit = await self.hook.alist_calls(ids, limit=self.batch_size)
-                if server_limit and server_limit < self.batch_size:
-                    log.info(
-                        "DialNexa List Calls caps limit at %d; batching %d ids per request", server_limit, server_limit
-                    )
-                    self.batch_size = server_limit
+                records = await self._list(ids)
             except _ROUTE_REFUSED as exc:
+                if not self.list_refused:  # concurrent batches of one tick are refused together: log once
+                    log.warning(
+                        "DialNexa List Calls is not available (%s); polling each call with Get Call instead", exc
+                    )
                 self.list_refused = True
-                log.warning("DialNexa List Calls is not available (%s); polling each call with Get Call instead", exc)
-            except DialNexaError as exc:
+                _refused.setdefault(asyncio.get_running_loop(), set()).add(self.hook.dialnexa_conn_id)
+            except Exception as exc:  # any failure must reach the waiters, or they would wait forever
                 failure = exc
         missing = [call_id for call_id in ids if call_id not in records]
         if missing and failure is None:
@@ -137,6 +153,9 @@ class BatchPoller:
 
 # One poller per (event loop, connection id), alive while at least one trigger uses it.
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, BatchPoller]] = weakref.WeakKeyDictionary()
+# Connection ids whose List Calls route was refused, per event loop (a triggerer runs one loop for its life):
+# later pollers of that connection go straight to Get Call instead of asking (and warning) again.
+_refused: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[str]] = weakref.WeakKeyDictionary()
 
 
 def active_pollers() -> dict[str, BatchPoller]:
@@ -147,10 +166,12 @@ def active_pollers() -> dict[str, BatchPoller]:
 @contextmanager
 def batch_poller(conn_id: str) -> Iterator[BatchPoller]:
     """Use this loop's shared poller for ``conn_id``; the last user to leave removes it."""
-    pollers = _pollers.setdefault(asyncio.get_running_loop(), {})
+    loop = asyncio.get_running_loop()
+    pollers = _pollers.setdefault(loop, {})
     poller = pollers.get(conn_id)
     if poller is None:
         poller = pollers[conn_id] = BatchPoller(DialNexaHook(conn_id))
+        poller.list_refused = conn_id in _refused.get(loop, ())
     poller.users += 1
     try:
         yield poller

@@ -87,7 +87,7 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
-                "%s; retry %d of %d in %.1f s",
+                "%s (retry %d of %d in %.2f s)",
                 exc or f"{what} failed",
                 state.attempt_number,
                 self.max_retries,

@@ -409,7 +409,7 @@ def test_retry_after_seconds_is_honoured(hook: DialNexaHook, sim: Simulator, log
     first, second = sim.requests(call_id=call_id)
     assert (first.status_code, second.status_code) == (429, 200)
     assert second.t - first.t >= 2 - TOLERANCE
-    assert any(re.search(r"HTTP 429 .*retry 1 of 3 in 2\.0 s", w) for w in logs.warnings()), logs.warnings()
+    assert any(re.search(r"HTTP 429 .*retry 1 of 3 in 2\.00 s\)", w) for w in logs.warnings()), logs.warnings()
 
 
 def test_retry_after_http_date_is_honoured(hook: DialNexaHook, sim: Simulator) -> None:
@@ -451,7 +451,7 @@ def test_each_retry_logs_a_warning_with_reason_and_wait(hook: DialNexaHook, sim:
     for number, warning in enumerate(retries, start=1):
         assert "HTTP 500" in warning
         assert call_id in warning
-        assert re.search(rf"retry {number} of {RETRIES} in \d+\.\d s$", warning), warning
+        assert re.search(rf"retry {number} of {RETRIES} in \d+\.\d\d s\)$", warning), warning
 
 
 def test_api_key_never_appears_in_logs_or_errors(

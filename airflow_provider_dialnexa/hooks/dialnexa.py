@@ -149,6 +149,7 @@ class DialNexaHook(BaseHook):
                 settings = self._settings_from(conn, await get_async_extra_dejson(conn))
                 client = httpx.AsyncClient(
                     headers=settings.headers,
+                    follow_redirects=True,  # as requests does on the sync path (both drop auth across hosts)
                     limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
                     timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
                 )
@@ -246,7 +247,7 @@ class DialNexaHook(BaseHook):
         """One cheap authenticated request (List Calls, limit 1); never raises."""
         try:
             self._get(self.settings.calls_url, params={"limit": "1"}, subject="connection test", call_id=None)
-        except DialNexaError as exc:
+        except Exception as exc:  # e.g. AirflowNotFoundException for a missing connection: report, not raise
             return False, str(exc)
         return True, f"Connected to DialNexa at {self.settings.base_url}"
 

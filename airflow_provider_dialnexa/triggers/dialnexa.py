@@ -151,11 +151,12 @@ class DialNexaCallTrigger(BaseTrigger):
                     )
             except DialNexaError as exc:
                 failures += 1
-                if exc.kind not in TRANSIENT_KINDS or failures >= self.max_consecutive_failures:
+                if exc.kind not in TRANSIENT_KINDS or failures > self.max_consecutive_failures:
+                    message = str(exc)
+                    if repr(self.call_id) not in message:  # e.g. a failed List Calls shared by many waits
+                        message = f"DialNexa call {self.call_id!r}: {message}"
                     if exc.kind in TRANSIENT_KINDS:
-                        message = f"{exc} (gave up after {failures} consecutive failed polls)"
-                    else:
-                        message = str(exc)
+                        message += f" (gave up after {failures} consecutive failed polls)"
                     return self._event(ERROR, kind=exc.kind, message=message)
                 self.log.warning("Poll %d of DialNexa call %r failed (%s); polling again", polls + 1, self.call_id, exc)
                 delay = self._policy.interval(polls)
