@@ -12,13 +12,13 @@ os.environ["AIRFLOW_CONN_DIALNEXA_DEFAULT"] = (
     '{"conn_type": "dialnexa", "host": "http://127.0.0.1:9/v1/", "password": "key_id:secret"}'
 )
 
-import airflow  # noqa: E402
+import airflow
 
-from airflow_provider_dialnexa import get_provider_info  # noqa: E402
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook  # noqa: E402
-from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator  # noqa: E402
-from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor  # noqa: E402
-from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger  # noqa: E402
+from airflow_provider_dialnexa import get_provider_info
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator
+from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
+from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 
 assert airflow.__version__.startswith("2.11"), airflow.__version__
 assert get_provider_info()["package-name"] == "airflow-provider-dialnexa"

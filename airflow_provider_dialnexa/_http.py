@@ -34,6 +34,8 @@ USER_AGENT = f"airflow-provider-dialnexa/{__version__}"
 MAX_CALL_ID_LENGTH = 128
 POLLING_MODES = ("batched", "per_call")
 
+#: What templates render for a missing value (``{{ params.x }}`` of None): never a DialNexa id.
+_MISSING_VALUES = frozenset({"none", "null", "undefined", "nan"})
 _EXTRA_PREFIX = "extra__dialnexa__"
 _KNOWN_EXTRAS = ("timeout", "max_retries", "rate_limit_per_minute", "polling")
 
@@ -196,6 +198,8 @@ def validate_call_id(call_id: object) -> str:
         problem = "contains a URL delimiter (one of / ? # % \\)"
     elif ".." in call_id:
         problem = "contains '..'"
+    elif call_id.lower() in _MISSING_VALUES:
+        problem = "is how a template renders a missing value (None/null/undefined), not an id"
     if problem:
         raise InvalidCallIdError(
             f"DialNexa call id {call_id[:40]!r}{'...' if len(call_id) > 40 else ''} {problem}; "

@@ -147,7 +147,9 @@ class DialNexaHook(BaseHook):
             if shared is None:
                 conn = await get_async_connection(self.dialnexa_conn_id, hook=self)
                 settings = self._settings_from(conn, await get_async_extra_dejson(conn))
-                client = httpx.AsyncClient(
+                # Built in a thread: loading the CA bundle takes tens of ms, too long for a triggerer's loop.
+                client = await asyncio.to_thread(
+                    httpx.AsyncClient,
                     headers=settings.headers,
                     follow_redirects=True,  # as requests does on the sync path (both drop auth across hosts)
                     limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),

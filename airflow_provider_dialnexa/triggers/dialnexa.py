@@ -188,6 +188,12 @@ def validate_event(event: Any, call_id: str | None = None) -> dict[str, Any]:
             "clear the task to wait again",
             call_id=call_id,
         )
+    if call_id is not None and event.get("call_id") not in (None, call_id):
+        raise DialNexaError(
+            f"DialNexa call {call_id!r}: the trigger event is about call {event.get('call_id')!r}; "
+            "clear the task to wait again",
+            call_id=call_id,
+        )
     if event["event"] == SUCCESS and not event.get("status"):
         raise DialNexaError(f"DialNexa call {call_id!r}: success event without a status: {event!r:.200}")
     return event
