@@ -1,0 +1,185 @@
+"""``make demo``: run the example call-outcome ETL against the embedded simulator, in a throwaway Airflow.
+
+Starts the simulator in a child process, creates four calls with mixed outcomes that end within seconds,
+builds a fresh ``.demo/airflow_home`` (SQLite, the repo's ``dags/``, the connection as an env var), runs
+``airflow db migrate`` and ``airflow dags test dialnexa_call_outcomes`` with those call ids, then prints
+what reached XCom and the rows loaded into SQLite. The simulator is stopped whatever happens; the exit
+code is non-zero when anything failed. Airflow's own output goes to ``.demo/*.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_dialnexa.simulator import SimulatorProcess
+
+DAG_ID = "dialnexa_call_outcomes"
+DEMO_KEY = "demo_key:demo_secret"
+#: call id -> how the simulated call goes. Each ends a few seconds after it is created, so the sensors
+#: that poke before then defer to the trigger; ``call_demo_failed`` is over before anyone looks.
+CALLS: dict[str, dict[str, Any]] = {
+    "call_demo_completed": {"outcome": "completed", "queued_s": 0, "ring_s": 2, "talk_s": 15},
+    "call_demo_busy": {"outcome": "busy", "queued_s": 0, "ring_s": 10},
+    "call_demo_no_answer": {"outcome": "no_answer", "queued_s": 0, "ring_s": 20},
+    "call_demo_failed": {"outcome": "failed", "queued_s": 0, "ring_s": 0, "age_s": 5},
+}
+ROW_COLUMNS = ("call_id", "status", "end_reason", "duration_seconds", "sentiment", "transcript_chars", "summary")
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+def step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def project_root() -> Path:
+    """The checkout holding ``dags/`` (the package is installed editable by ``make install``)."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "dags" / f"{DAG_ID}.py").is_file():
+            return root
+    raise DemoError(f"cannot find dags/{DAG_ID}.py; run the demo from the repository checkout (make demo)")
+
+
+def airflow(args: Sequence[str], env: dict[str, str], log: Path, timeout: float) -> None:
+    """Run ``airflow <args>`` with its output in ``log``; raise ``DemoError`` with the log's tail on failure."""
+    started = time.monotonic()
+    with log.open("w") as out:
+        try:
+            code = subprocess.run(
+                [sys.executable, "-m", "airflow", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        what = "timed out" if code is None else f"exited with {code}"
+        raise DemoError(f"`airflow {' '.join(args[:2])}` {what}; last lines of {log}:\n{tail}")
+    step(f"airflow {' '.join(args[:2])} finished in {time.monotonic() - started:.0f} s (log: {log})")
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], width: int = 40) -> str:
+    """A small fixed-width text table; long cells are cut to ``width`` characters."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v).replace("\n", " ") for v in r] for r in rows]
+    cells = [[c if len(c) <= width else c[: width - 3] + "..." for c in r] for r in cells]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summarise(raw: Any) -> str:
+    """One line for an XCom value: a record's key fields and how many more it has, else the JSON itself."""
+    value = json.loads(raw) if isinstance(raw, str | bytes) else raw  # SQLite hands back JSON numbers as numbers
+    if not isinstance(value, dict) or len(value) <= 3:
+        return json.dumps(value, ensure_ascii=False)
+    keys = [k for k in ("id", "call_id", "status", "to_number", "from_number", "duration", "end_reason") if k in value]
+    shown = ", ".join(f"{k}={value[k]}" for k in keys)
+    return f"{shown} (+{len(value) - len(keys)} more fields)"
+
+
+def report(metadata_db: Path, outcomes_db: Path) -> None:
+    """Print the run's state, its XComs and the loaded rows; raise ``DemoError`` unless the run succeeded."""
+    with sqlite3.connect(metadata_db) as db:
+        run = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+        ).fetchone()
+        if run is None:
+            raise DemoError("the DAG run was not created; see .demo/dags_test.log")
+        run_id, state = run
+        tis = db.execute(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ? "
+            "ORDER BY task_id, map_index",
+            (DAG_ID, run_id),
+        ).fetchall()
+        deferred = db.execute(
+            "SELECT DISTINCT task_id, map_index FROM log WHERE dag_id = ? AND run_id = ? AND event = 'deferred'",
+            (DAG_ID, run_id),
+        ).fetchall()
+        xcoms = db.execute(
+            "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value' "
+            "ORDER BY task_id, map_index",
+            (DAG_ID, run_id),
+        ).fetchall()
+    print(f"\nDAG run {run_id}: {state}")
+    print(table(tis, ("task", "map_index", "state")))
+    if deferred:
+        names = ", ".join(f"{task}[{index}]" for task, index in deferred)
+        print(f"Deferred (dags test runs their trigger inline) while the call was still running: {names}")
+    print("\nXCom return_value (fetch_call records have phone numbers masked):")
+    print(table([(task, index, summarise(value)) for task, index, value in xcoms], ("task", "map_index", "value"), 110))
+    if state != "success":
+        raise DemoError(f"the DAG run ended {state!r}; see .demo/dags_test.log")
+    with sqlite3.connect(outcomes_db) as db:
+        rows = db.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM call_outcomes ORDER BY call_id").fetchall()  # noqa: S608
+    print(f"\nRows in {outcomes_db} (table call_outcomes):")
+    print(table(rows, ROW_COLUMNS, width=48))
+    if sorted(r[0] for r in rows) != sorted(CALLS):
+        raise DemoError(f"expected one row per demo call {sorted(CALLS)}, found {[r[0] for r in rows]}")
+
+
+def run_demo() -> None:
+    root = project_root()
+    demo = root / ".demo"
+    home = demo / "airflow_home"
+    outcomes_db = demo / "call_outcomes.db"
+    step(f"Fresh AIRFLOW_HOME in {home}")
+    shutil.rmtree(demo, ignore_errors=True)
+    home.mkdir(parents=True)
+    step("Starting the DialNexa simulator (child process, ephemeral port)")
+    with SimulatorProcess(api_key=DEMO_KEY, seed=7) as sim:
+        step(f"Simulator listening at {sim.url}")
+        connection = {"conn_type": "dialnexa", "host": sim.url, "password": DEMO_KEY}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW_CONN_DIALNEXA_DEFAULT": json.dumps(connection),
+            "DIALNEXA_DEMO_DB": str(outcomes_db),
+        }
+        step("airflow db migrate (SQLite)")
+        airflow(["db", "migrate"], env, demo / "db_migrate.log", timeout=300)
+        step(
+            f"Creating {len(CALLS)} calls in the simulator: "
+            + ", ".join(f"{k} ({v['outcome']})" for k, v in CALLS.items())
+        )
+        for call_id, spec in CALLS.items():
+            sim.create_call(call_id=call_id, **spec)
+        conf = json.dumps({"call_ids": list(CALLS), "sqlite_path": str(outcomes_db)})
+        step(f"airflow dags test {DAG_ID} -c '{conf}'")
+        airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
+        step(f"The simulator answered {sim.stats()['requests']} API requests")
+    step("Simulator stopped")
+    report(home / "airflow.db", outcomes_db)
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        run_demo()
+    except DemoError as exc:
+        print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
+        return 1
+    step(f"Demo finished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""DialNexaGetCallOperator: fetch a DialNexa call record into XCom, optionally waiting for the call to end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator
+
+from airflow_provider_dialnexa import status as call_status
+from airflow_provider_dialnexa._http import POLLING_MODES
+from airflow_provider_dialnexa.exceptions import DialNexaWaitTimeoutError, error_from_event
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
+from airflow_provider_dialnexa.records import field_names, shape_record
+from airflow_provider_dialnexa.sensors.dialnexa import DEFAULT_CALL_TIMEOUT, failure_status_set, outcome
+from airflow_provider_dialnexa.triggers.dialnexa import (
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    ERROR,
+    TIMEOUT,
+    DialNexaCallTrigger,
+    validate_event,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+
+class DialNexaGetCallOperator(BaseOperator):
+    """Read one call record (``GET /v1/calls/{id}``) and return it, so it lands in XCom ``return_value``.
+
+    With ``wait_for_completion=True`` the operator looks once and, if the call is still running, defers
+    to ``DialNexaCallTrigger`` (no worker slot is held while waiting; there is no separate
+    ``deferrable`` flag, waiting is always deferred). When the trigger reports the end, the full record
+    is fetched again in ``execute_complete``: trigger events stay small and free of personal data.
+
+    XCom is stored in the metadata database and call records carry transcripts, summaries and phone
+    numbers. Use ``include_fields`` or ``exclude_fields`` (top-level keys) and ``mask_phone_numbers`` to
+    store only what downstream tasks need.
+
+    :param call_id: DialNexa call id (templated; works with ``.expand(call_id=[...])``).
+    :param dialnexa_conn_id: Airflow connection id (templated).
+    :param wait_for_completion: Wait (deferred) until the call reaches a terminal status.
+    :param timeout: Seconds (or timedelta) to wait for the end; default 2 h. Only with ``wait_for_completion``.
+    :param poll_interval: First interval between the trigger's polls, seconds (>= 1).
+    :param max_poll_interval: Cap of the trigger's growing poll interval.
+    :param max_consecutive_failures: Transient poll failures the trigger survives in a row.
+    :param polling: Trigger polling mode (``batched``/``per_call``; None = the connection's extra).
+    :param failure_statuses: Terminal statuses that fail the task (``DialNexaCallFailedError``, no retry),
+        checked whenever the fetched call has ended, waiting or not.
+    :param include_fields: Keep only these top-level fields. Names that match no field are logged as a
+        warning (DialNexa spells some fields several ways), not rejected.
+    :param exclude_fields: Drop these top-level fields (e.g. ``["transcript", "recording_url"]``).
+        Mutually exclusive with ``include_fields``.
+    :param mask_phone_numbers: Mask ``to_number``/``from_number``/``to_phone_number``/``from_phone_number``/
+        ``phone_number`` as ``+91******5678``.
+    """
+
+    template_fields: Sequence[str] = ("call_id", "dialnexa_conn_id")
+    ui_color = "#e0f2fe"
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        dialnexa_conn_id: str = DialNexaHook.default_conn_name,
+        wait_for_completion: bool = False,
+        timeout: timedelta | float = DEFAULT_CALL_TIMEOUT,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        polling: str | None = None,
+        failure_statuses: Iterable[str] = (),
+        include_fields: str | Iterable[str] | None = None,
+        exclude_fields: str | Iterable[str] | None = None,
+        mask_phone_numbers: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.call_id = call_id
+        self.dialnexa_conn_id = dialnexa_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
+        self.max_consecutive_failures = max_consecutive_failures
+        self.polling = polling
+        self.failure_statuses = failure_status_set(failure_statuses)
+        self.include_fields = field_names("include_fields", include_fields)
+        self.exclude_fields = field_names("exclude_fields", exclude_fields)
+        if self.include_fields is not None and self.exclude_fields is not None:
+            raise ValueError(
+                f"Task {self.task_id!r}: give include_fields or exclude_fields, not both "
+                "(include keeps only the named fields, exclude drops them)"
+            )
+        if self.include_fields is not None and not self.include_fields:
+            raise ValueError(f"Task {self.task_id!r}: include_fields is empty; use None to keep every field")
+        self.mask_phone_numbers = mask_phone_numbers
+        if wait_for_completion:  # fail at parse time, not in the triggerer
+            if self.timeout <= 0:
+                raise ValueError(f"Task {self.task_id!r}: timeout must be positive, got {self.timeout}")
+            PollPolicy(self.poll_interval, self.max_poll_interval)
+            if polling is not None and polling not in POLLING_MODES:
+                raise ValueError(
+                    f"Task {self.task_id!r}: polling must be one of {POLLING_MODES} or None, got {polling!r}"
+                )
+
+    @cached_property
+    def hook(self) -> DialNexaHook:
+        return DialNexaHook(self.dialnexa_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        record = self.hook.get_call(self.call_id)
+        raw = record.get("status")
+        self.log.info("DialNexa call %r status: %r", self.call_id, raw)
+        if not self.wait_for_completion or call_status.is_terminal(raw):
+            return self._result(record)
+        self.defer(
+            trigger=DialNexaCallTrigger(
+                call_id=self.call_id,
+                dialnexa_conn_id=self.dialnexa_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=time.time() + self.timeout,
+                max_poll_interval=self.max_poll_interval,
+                max_consecutive_failures=self.max_consecutive_failures,
+                polling=self.polling,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: raise the typed error the event stands for, or fetch the full record."""
+        checked = validate_event(event, self.call_id)
+        if checked["event"] == TIMEOUT:
+            raise DialNexaWaitTimeoutError(
+                checked.get("message") or f"DialNexa call {self.call_id!r} did not end in time",
+                call_id=self.call_id,
+                conn_id=self.dialnexa_conn_id,
+            )
+        if checked["event"] == ERROR:
+            raise error_from_event(checked)
+        outcome(self.call_id, checked["status"], self.failure_statuses)  # fail before fetching, if told to
+        return self._result(self.hook.get_call(self.call_id))
+
+    def _result(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``failure_statuses`` to an ended call, then shape the record for XCom."""
+        if call_status.is_terminal(record.get("status")):
+            outcome(self.call_id, record.get("status"), self.failure_statuses)
+        if self.include_fields:
+            missing = sorted(self.include_fields.difference(record))
+            if missing:
+                self.log.warning(
+                    "DialNexa call %r: include_fields %s matched no field of the record (fields: %s)",
+                    self.call_id,
+                    missing,
+                    sorted(record),
+                )
+        return shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
