@@ -38,6 +38,8 @@ from airflow_provider_dialnexa.policy import CONNECT_TIMEOUT, RateBudget, RetryP
 
 #: Most ids one List Calls request may carry (DialNexa's documented page-size maximum).
 MAX_LIST_LIMIT = 200
+#: Concurrent requests (and keep-alive connections) per event loop and connection id.
+MAX_CONNECTIONS = 100
 
 _SYNC_TRANSPORT_ERRORS = (
     requests.ConnectionError,
@@ -53,6 +55,9 @@ class _LoopClient:
     settings: ConnectionSettings
     client: httpx.AsyncClient
     budget: RateBudget | None
+    #: Requests queue here, never inside httpx's pool: httpcore 1.0 rescans every queued request against
+    #: every connection on each pool event, so thousands of queued polls would stall the loop (O(n*m)).
+    slots: asyncio.Semaphore
 
 
 @dataclass
@@ -152,10 +157,11 @@ class DialNexaHook(BaseHook):
                     httpx.AsyncClient,
                     headers=settings.headers,
                     follow_redirects=True,  # as requests does on the sync path (both drop auth across hosts)
-                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+                    limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
                     timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
                 )
-                shared = _LoopClient(settings, client, budget_for(settings.api_key, settings.rate_limit_per_minute))
+                budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+                shared = _LoopClient(settings, client, budget, asyncio.Semaphore(MAX_CONNECTIONS))
                 state.clients[self.dialnexa_conn_id] = shared
         return shared
 
@@ -271,7 +277,8 @@ class DialNexaHook(BaseHook):
                     if delay > 0:
                         await asyncio.sleep(delay)
                 try:
-                    response = await shared.client.get(url, params=params, timeout=timeout)
+                    async with shared.slots:
+                        response = await shared.client.get(url, params=params, timeout=timeout)
                 except httpx.TransportError as exc:
                     raise self._unreachable(exc, subject, settings, call_id) from None
                 try:
