@@ -2,57 +2,37 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import (
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, error_from_event
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
-from airflow_provider_dialnexa.triggers.dialnexa import (
-    DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    ERROR,
-    TIMEOUT,
-    DialNexaCallTrigger,
-    validate_event,
+from airflow_provider_dialnexa._wait import (
+    DEFAULT_CALL_TIMEOUT,
+    check_wait_options,
+    deferral,
+    ended_status,
+    failure_status_set,
+    outcome,
 )
+from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
+from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
+
+__all__ = ["DEFAULT_CALL_TIMEOUT", "DialNexaCallSensor", "failure_status_set", "outcome"]
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
-
-#: Default sensor timeout: a DialNexa call lasts at most 90 minutes (agent ``max_call_duration_sec``
-#: tops out at 5,400 s), plus up to 30 minutes of queueing and ringing.
-DEFAULT_CALL_TIMEOUT = 2 * 60 * 60
-
-
-def failure_status_set(statuses: Iterable[str]) -> frozenset[str]:
-    """Normalise ``failure_statuses``; reject statuses that can never end a call (at DAG parse time)."""
-    if isinstance(statuses, str):
-        statuses = [statuses]
-    normalised = frozenset(call_status.normalise(s) for s in statuses)
-    wrong = sorted(normalised - call_status.TERMINAL)
-    if wrong:
-        raise ValueError(
-            f"failure_statuses {wrong} are not terminal DialNexa statuses; choose from {sorted(call_status.TERMINAL)}"
-        )
-    return normalised
-
-
-def outcome(call_id: str, raw_status: object, failure_statuses: frozenset[str]) -> dict[str, str]:
-    """The small XCom of a finished wait, or ``DialNexaCallFailedError`` for a status declared a failure."""
-    status = call_status.normalise(raw_status)
-    if status in failure_statuses:
-        raise DialNexaCallFailedError(
-            f"DialNexa call {call_id!r} ended with status {status!r}, which this task treats as a failure "
-            f"(failure_statuses={sorted(failure_statuses)})",
-            call_id=call_id,
-        )
-    return {"call_id": call_id, "status": status}
 
 
 class DialNexaCallSensor(BaseSensorOperator):
@@ -103,7 +83,7 @@ class DialNexaCallSensor(BaseSensorOperator):
         self.max_consecutive_failures = max_consecutive_failures
         self.polling = polling
         if deferrable:  # fail at parse time, not in the triggerer
-            PollPolicy(self.poke_interval, self.max_poll_interval)
+            check_wait_options(self.poke_interval, self.max_poll_interval, polling)
 
     @cached_property
     def hook(self) -> DialNexaHook:
@@ -123,28 +103,27 @@ class DialNexaCallSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        first = self.poke(context)
+        try:
+            first = self.poke(context)
+        except DialNexaCallFailedError as exc:  # as in poke mode: soft_fail/never_fail skip a declared failure
+            if self.soft_fail or getattr(self, "never_fail", False):
+                raise AirflowSkipException(f"Skipping due to soft_fail: {exc}") from exc
+            raise
         if first.is_done:
             return first.xcom_value
         self.defer(
-            trigger=DialNexaCallTrigger(
+            **deferral(
                 call_id=self.call_id,
                 dialnexa_conn_id=self.dialnexa_conn_id,
+                timeout=self.timeout,
                 poll_interval=self.poke_interval,
-                end_time=time.time() + self.timeout,
                 max_poll_interval=self.max_poll_interval,
                 max_consecutive_failures=self.max_consecutive_failures,
                 polling=self.polling,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout),
+            )
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, str]:
         """Resume after the trigger: return the XCom, or raise the typed error the event stands for."""
-        checked = validate_event(event, self.call_id)
-        if checked["event"] == TIMEOUT:
-            raise AirflowSensorTimeout(checked.get("message") or f"DialNexa call {self.call_id!r} did not end in time")
-        if checked["event"] == ERROR:
-            raise error_from_event(checked)
-        return outcome(self.call_id, checked["status"], self.failure_statuses)
+        status = ended_status(event, self.call_id, AirflowSensorTimeout)
+        return outcome(self.call_id, status, self.failure_statuses)
