@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -11,19 +10,19 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import POLLING_MODES
-from airflow_provider_dialnexa.exceptions import DialNexaWaitTimeoutError, error_from_event
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
-from airflow_provider_dialnexa.records import field_names, shape_record
-from airflow_provider_dialnexa.sensors.dialnexa import DEFAULT_CALL_TIMEOUT, failure_status_set, outcome
-from airflow_provider_dialnexa.triggers.dialnexa import (
-    DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    ERROR,
-    TIMEOUT,
-    DialNexaCallTrigger,
-    validate_event,
+from airflow_provider_dialnexa._wait import (
+    DEFAULT_CALL_TIMEOUT,
+    check_wait_options,
+    deferral,
+    ended_status,
+    failure_status_set,
+    outcome,
 )
+from airflow_provider_dialnexa.exceptions import DialNexaWaitTimeoutError
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
+from airflow_provider_dialnexa.records import field_names, shape_record
+from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -102,11 +101,7 @@ class DialNexaGetCallOperator(BaseOperator):
         if wait_for_completion:  # fail at parse time, not in the triggerer
             if self.timeout <= 0:
                 raise ValueError(f"Task {self.task_id!r}: timeout must be positive, got {self.timeout}")
-            PollPolicy(self.poll_interval, self.max_poll_interval)
-            if polling is not None and polling not in POLLING_MODES:
-                raise ValueError(
-                    f"Task {self.task_id!r}: polling must be one of {POLLING_MODES} or None, got {polling!r}"
-                )
+            check_wait_options(self.poll_interval, self.max_poll_interval, polling)
 
     @cached_property
     def hook(self) -> DialNexaHook:
@@ -119,32 +114,25 @@ class DialNexaGetCallOperator(BaseOperator):
         if not self.wait_for_completion or call_status.is_terminal(raw):
             return self._result(record)
         self.defer(
-            trigger=DialNexaCallTrigger(
+            **deferral(
                 call_id=self.call_id,
                 dialnexa_conn_id=self.dialnexa_conn_id,
+                timeout=self.timeout,
                 poll_interval=self.poll_interval,
-                end_time=time.time() + self.timeout,
                 max_poll_interval=self.max_poll_interval,
                 max_consecutive_failures=self.max_consecutive_failures,
                 polling=self.polling,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout),
+            )
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: raise the typed error the event stands for, or fetch the full record."""
-        checked = validate_event(event, self.call_id)
-        if checked["event"] == TIMEOUT:
-            raise DialNexaWaitTimeoutError(
-                checked.get("message") or f"DialNexa call {self.call_id!r} did not end in time",
-                call_id=self.call_id,
-                conn_id=self.dialnexa_conn_id,
-            )
-        if checked["event"] == ERROR:
-            raise error_from_event(checked)
-        outcome(self.call_id, checked["status"], self.failure_statuses)  # fail before fetching, if told to
+        status = ended_status(event, self.call_id, self._timeout_error)
+        outcome(self.call_id, status, self.failure_statuses)  # fail before fetching, if told to
         return self._result(self.hook.get_call(self.call_id))
+
+    def _timeout_error(self, message: str) -> DialNexaWaitTimeoutError:
+        return DialNexaWaitTimeoutError(message, call_id=self.call_id, conn_id=self.dialnexa_conn_id)
 
     def _result(self, record: dict[str, Any]) -> dict[str, Any]:
         """Apply ``failure_statuses`` to an ended call, then shape the record for XCom."""
