@@ -64,6 +64,8 @@ class RetryPolicy:
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     retry_after_max: float = 120.0
+    #: Floor of every wait: DialNexa asks clients not to hit a call more than once per second.
+    min_wait: float = MIN_POLL_INTERVAL
 
     @property
     def attempts(self) -> int:
@@ -72,9 +74,9 @@ class RetryPolicy:
     def wait(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
         if retry_after is not None:
-            return min(retry_after, self.retry_after_max)
+            return max(self.min_wait, min(retry_after, self.retry_after_max))
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return max(self.min_wait, random.uniform(ceiling / 2, ceiling))
 
     def tenacity_kwargs(self, log: Any, what: str) -> dict[str, Any]:
         """Arguments for ``tenacity.Retrying`` *and* ``AsyncRetrying``: one policy, two loops."""
@@ -108,7 +110,8 @@ class PollPolicy:
     """How a waiting trigger spaces its polls of one call (DialNexa: every 5-10 s, growing, >= 1 s).
 
     Interval ``n`` (0-based) is ``poll_interval * growth**n`` capped at ``max_poll_interval``, with
-    +-``jitter`` (a fraction) so thousands of waits spread out, and never under ``MIN_POLL_INTERVAL``.
+    up to ``jitter`` (a fraction) shorter so thousands of waits spread out without ever polling later than
+    the nominal interval, and never under ``MIN_POLL_INTERVAL``.
     """
 
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -134,7 +137,7 @@ class PollPolicy:
     def interval(self, n: int) -> float:
         """Seconds to wait before poll number ``n + 1``."""
         base = min(self.max_poll_interval, self.poll_interval * self.growth ** min(n, 64))
-        jittered = base * random.uniform(1 - self.jitter, 1 + self.jitter)
+        jittered = base * random.uniform(1 - self.jitter, 1)
         return max(MIN_POLL_INTERVAL, jittered)
 
 

@@ -49,7 +49,7 @@ from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_c
 from airflow_provider_dialnexa.policy import RateBudget, RetryPolicy, budget_for, parse_retry_after
 from airflow_provider_dialnexa.simulator import Fault, Simulator
 
-FAST = RetryPolicy(backoff_base=0.01, backoff_max=0.05)
+FAST = RetryPolicy(backoff_base=0.01, backoff_max=0.05, min_wait=0)
 #: Retries the test connection allows (its ``max_retries`` extra): a persistent fault costs this + 1 requests.
 RETRIES = 3
 WRONG_KEY = "dnx_wrong_key:n0t-the-s3cret"
@@ -433,7 +433,8 @@ def test_bogus_retry_after_is_capped_also_for_the_rate_budget(
     monkeypatch.setattr(hook_module, "time", SimpleNamespace(sleep=sleeps.append))
     call_id = _new_call(sim)
     sim.add_fault(Fault(kind="429", route="get", call_id=call_id, count=1, retry_after="3600"))
-    hook = DialNexaHook("dialnexa_budget", retry_policy=RetryPolicy(backoff_base=0.01, retry_after_max=0.05))
+    policy = RetryPolicy(backoff_base=0.01, retry_after_max=0.05, min_wait=0)
+    hook = DialNexaHook("dialnexa_budget", retry_policy=policy)
     assert hook.get_call(call_id)["id"] == call_id
     assert _statuses(sim, call_id) == [429, 200]
     assert max(sleeps) <= 0.05, f"the rate budget parked the task: slept {sleeps}"
@@ -958,7 +959,7 @@ def test_retry_policy_waits() -> None:
         for _ in range(20):
             assert ceiling / 2 <= retry.wait(attempt) <= ceiling
     assert retry.wait(1, retry_after=3.0) == 3.0
-    assert retry.wait(1, retry_after=0.0) == 0.0
+    assert retry.wait(1, retry_after=0.0) == 1.0, "never under DialNexa's 1 s minimum"
     assert retry.wait(1, retry_after=3600.0) == 10.0, "a bogus Retry-After must be capped"
 
 

@@ -63,7 +63,7 @@ from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 API_KEY = "dnx_live_RECOGNISABLE:SUPERSECRET-abc123"
 KEY_ID, KEY_SECRET = API_KEY.split(":")
 #: Hook-level tests retry fast; trigger-level tests use the hook's default backoff (0.5-1 s first wait).
-FAST = RetryPolicy(backoff_base=0.01, backoff_max=0.05)
+FAST = RetryPolicy(backoff_base=0.01, backoff_max=0.05, min_wait=0)
 MODES = ("per_call", "batched")
 #: Faults answered with an error status (the hook retries them).
 RETRIED_KINDS = ("429", "500", "502_html", "503", "504", "reset", "slow")
@@ -589,7 +589,7 @@ def _success(sim: Simulator, call_id: str) -> dict[str, Any]:
 async def test_triggerer_restart_mid_wait_keeps_the_original_deadline(sim: Simulator, conns: Connections) -> None:
     """Cancel running triggers mid-wait, rebuild them from ``serialize()`` through serde and run them again.
 
-    Never-ending calls time out at the *original* ``end_time`` (a fresh deadline would lie >= 3 s later):
+    Never-ending calls time out at the *original* ``end_time`` (a fresh deadline would lie >= 2 s later):
     per_call sends no request after it; batched at most one batch window (1 s) after it. A call that ends
     after the restart is reported with its status.
     """
@@ -602,7 +602,7 @@ async def test_triggerer_restart_mid_wait_keeps_the_original_deadline(sim: Simul
     originals = [DialNexaCallTrigger(endless[m], conn, 1, end_time, polling=m, **steady) for m in MODES]
     originals.append(DialNexaCallTrigger(ending, conn, 1, t0 + 60, polling="per_call", **steady))
     tasks = [asyncio.create_task(run_trigger(rebuild(t))) for t in originals]
-    # mid-wait: per_call has polled 3 times (t0, +1, +2), batched twice (+1, +3: each poll waits a 1 s window)
+    # mid-wait: per_call has polled 3 times (t0, +1, +2), batched twice (+1, +2: the first read waits a window)
     await until(lambda: len(log_of(sim, endless["per_call"])) >= 3, "per_call has polled three times")
     await until(lambda: len(log_of(sim, endless["batched"])) >= 2, "batched has polled twice")
     assert not any(task.done() for task in tasks), "set-up: every wait is still running at the restart"
@@ -612,7 +612,7 @@ async def test_triggerer_restart_mid_wait_keeps_the_original_deadline(sim: Simul
     assert all(isinstance(r, asyncio.CancelledError) for r in results), results
     assert no_tasks_left(), "a cancelled trigger must leave no poller or task behind"
     restarted_at = time.time()
-    assert restarted_at + (end_time - t0) >= end_time + 3, "set-up: a fresh deadline would lie >= 3 s later"
+    assert restarted_at + (end_time - t0) >= end_time + 2, "set-up: a fresh deadline would lie >= 2 s later"
     before = {c: len(log_of(sim, c)) for c in [*endless.values(), ending]}
 
     async def timed(trigger: DialNexaCallTrigger) -> tuple[dict[str, Any], float]:

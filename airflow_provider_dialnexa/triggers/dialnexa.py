@@ -12,7 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._http import POLLING_MODES
-from airflow_provider_dialnexa._poller import batch_poller
+from airflow_provider_dialnexa._poller import BATCH_WINDOW, batch_poller
 from airflow_provider_dialnexa.exceptions import TRANSIENT_KINDS, DialNexaError, DialNexaMalformedResponseError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
@@ -44,7 +44,8 @@ class DialNexaCallTrigger(BaseTrigger):
         different processes, so never a monotonic reading). None waits forever.
     :param max_poll_interval: Cap of the growing interval.
     :param poll_growth: Factor the interval grows by after each poll of a running call.
-    :param poll_jitter: +- fraction applied to each interval, so thousands of waits do not poll in lockstep.
+    :param poll_jitter: Fraction by which an interval may be shortened, so thousands of waits do not poll
+        in lockstep.
     :param first_poll_delay: Seconds before the first poll (None: one ``poll_interval``; the sensor has
         just looked). 0 polls at once.
     :param max_consecutive_failures: Transient failures (5xx, 429, unreachable, malformed body) survived
@@ -112,10 +113,12 @@ class DialNexaCallTrigger(BaseTrigger):
         try:
             async with AsyncExitStack() as stack:
                 fetch: Callable[[str], Awaitable[dict[str, Any]]] = hook.aget_call
+                lead = 0.0
                 polling = self.polling or (await hook.asettings()).polling
                 if polling == "batched":
                     fetch = stack.enter_context(batch_poller(self.dialnexa_conn_id)).fetch
-                event = await self._wait(fetch)
+                    lead = BATCH_WINDOW  # the poller holds each read up to one window: ask that much earlier
+                event = await self._wait(fetch, lead)
         except DialNexaError as exc:  # e.g. an unusable connection, raised before the first poll
             event = self._event(ERROR, kind=exc.kind, message=str(exc))
         except Exception as exc:  # a bug must still end the wait with a readable event, not a crash
@@ -123,7 +126,7 @@ class DialNexaCallTrigger(BaseTrigger):
             event = self._event(ERROR, kind="error", message=f"{type(exc).__name__}: {exc}")
         yield event
 
-    async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> TriggerEvent:
+    async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], lead: float) -> TriggerEvent:
         polls = failures = 0
         delay = self._first_delay()
         last_status: str | None = None
@@ -139,7 +142,7 @@ class DialNexaCallTrigger(BaseTrigger):
                         last_status=last_status,
                     )
                 delay = min(delay, remaining)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, delay - lead))
             if self.end_time is not None and time.time() >= self.end_time:
                 continue  # report the timeout without a poll the deadline did not leave room for
             try:
