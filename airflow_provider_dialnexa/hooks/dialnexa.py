@@ -28,7 +28,6 @@ from airflow_provider_dialnexa._http import (
 )
 from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
-    DialNexaError,
     DialNexaRateLimitError,
     DialNexaUnreachableError,
     describe,
@@ -200,10 +199,30 @@ class DialNexaHook(BaseHook):
             conn_id=settings.conn_id,
         )
 
-    def _after_error(self, exc: DialNexaError, budget: RateBudget | None) -> None:
-        if isinstance(exc, DialNexaRateLimitError) and budget is not None:
-            wait = exc.retry_after if exc.retry_after is not None else 1.0
-            budget.pause(min(wait, self._retry_policy.retry_after_max))  # a bogus Retry-After must not park the key
+    def _answer(
+        self,
+        response: requests.Response | httpx.Response,
+        *,
+        subject: str,
+        call_id: str | None,
+        settings: ConnectionSettings,
+        budget: RateBudget | None,
+    ) -> Any:
+        """Parsed body of a response, or its typed error; a 429 first pauses the key's whole budget."""
+        try:
+            return interpret(
+                response.status_code,
+                response.headers,
+                response.content,
+                subject=subject,
+                call_id=call_id,
+                settings=settings,
+            )
+        except DialNexaRateLimitError as exc:
+            if budget is not None:
+                wait = exc.retry_after if exc.retry_after is not None else 1.0
+                budget.pause(min(wait, self._retry_policy.retry_after_max))  # a bogus Retry-After can't park the key
+            raise
 
     # -- sync (tasks) -------------------------------------------------------------------------------
 
@@ -226,18 +245,7 @@ class DialNexaHook(BaseHook):
                     response = self.session.get(url, params=params, timeout=timeout)
                 except _SYNC_TRANSPORT_ERRORS as exc:
                     raise self._unreachable(exc, subject, settings, call_id) from None
-                try:
-                    return interpret(
-                        response.status_code,
-                        response.headers,
-                        response.content,
-                        subject=subject,
-                        call_id=call_id,
-                        settings=settings,
-                    )
-                except DialNexaError as exc:
-                    self._after_error(exc, budget)
-                    raise
+                return self._answer(response, subject=subject, call_id=call_id, settings=settings, budget=budget)
         raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     def get_call(self, call_id: str) -> dict[str, Any]:
@@ -282,19 +290,11 @@ class DialNexaHook(BaseHook):
                 except httpx.TransportError as exc:
                     raise self._unreachable(exc, subject, settings, call_id) from None
                 try:
-                    return interpret(
-                        response.status_code,
-                        response.headers,
-                        response.content,
-                        subject=subject,
-                        call_id=call_id,
-                        settings=settings,
+                    return self._answer(
+                        response, subject=subject, call_id=call_id, settings=settings, budget=shared.budget
                     )
                 except DialNexaAuthError:
                     await self._forget_loop_client(shared)
-                    raise
-                except DialNexaError as exc:
-                    self._after_error(exc, shared.budget)
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 

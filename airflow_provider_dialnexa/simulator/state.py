@@ -39,17 +39,8 @@ FaultKind = Literal[
 ]
 
 DEFAULT_API_KEY = "sim_key:sim_secret"
-OUTCOMES: tuple[str, ...] = (
-    "completed",
-    "did_not_pick",
-    "busy",
-    "no_answer",
-    "failed",
-    "cancelled",
-    "retry_expired",
-    "voicemail",
-    "hangup",
-)
+#: Every terminal status the provider knows is an outcome the simulator can play (one vocabulary).
+OUTCOMES: tuple[str, ...] = tuple(sorted(TERMINAL))
 #: Outcomes where someone (or a voicemail box) answered: they have a talk time, transcript and recording.
 CONNECTED: frozenset[str] = frozenset({"completed", "voicemail"})
 DEFAULT_MIX: dict[str, float] = {
