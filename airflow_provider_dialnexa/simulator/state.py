@@ -39,8 +39,21 @@ FaultKind = Literal[
 ]
 
 DEFAULT_API_KEY = "sim_key:sim_secret"
-#: Every terminal status the provider knows is an outcome the simulator can play (one vocabulary).
-OUTCOMES: tuple[str, ...] = tuple(sorted(TERMINAL))
+#: The outcomes the simulator can play, in the documentation's order (tests and seeded plans rely on it):
+#: exactly the provider's terminal vocabulary, checked at import so the two can never drift apart.
+OUTCOMES: tuple[str, ...] = (
+    "completed",
+    "did_not_pick",
+    "busy",
+    "no_answer",
+    "failed",
+    "cancelled",
+    "retry_expired",
+    "voicemail",
+    "hangup",
+)
+if set(OUTCOMES) != TERMINAL:  # pragma: no cover - a vocabulary change must reach the simulator too
+    raise RuntimeError(f"simulator outcomes {sorted(OUTCOMES)} differ from status.TERMINAL {sorted(TERMINAL)}")
 #: Outcomes where someone (or a voicemail box) answered: they have a talk time, transcript and recording.
 CONNECTED: frozenset[str] = frozenset({"completed", "voicemail"})
 DEFAULT_MIX: dict[str, float] = {
