@@ -14,7 +14,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from airflow_provider_dialnexa._http import validate_call_id
@@ -129,6 +129,11 @@ class BatchPoller:
             elif failure is not None:
                 self._settle(waiters[call_id], error=failure)
 
+    def stop(self) -> None:
+        """Cancel the flush loop (its last user left)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+
     @staticmethod
     def _settle(
         futures: list[asyncio.Future[dict[str, Any]]],
@@ -143,12 +148,6 @@ class BatchPoller:
                 future.set_exception(error)
             else:
                 future.set_result(record or {})
-
-    async def close(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._flusher
 
 
 # One poller per (event loop, connection id), alive while at least one trigger uses it.
@@ -179,5 +178,4 @@ def batch_poller(conn_id: str) -> Iterator[BatchPoller]:
         poller.users -= 1
         if poller.users == 0 and pollers.get(conn_id) is poller:
             del pollers[conn_id]
-            if poller._flusher is not None:
-                poller._flusher.cancel()
+            poller.stop()
