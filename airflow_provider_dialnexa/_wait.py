@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._http import POLLING_MODES
@@ -50,27 +50,35 @@ def outcome(call_id: str, raw_status: object, failure_statuses: frozenset[str]) 
     return {"call_id": call_id, "status": status}
 
 
-def deferral(
-    *,
-    call_id: str,
-    dialnexa_conn_id: str,
-    timeout: float,
-    poll_interval: float,
-    max_poll_interval: float,
-    max_consecutive_failures: int,
-    polling: str | None,
-) -> dict[str, Any]:
-    """Keyword arguments of ``self.defer(...)``: the trigger with a wall-clock deadline, and the same timeout."""
+class WaitingTask(Protocol):
+    """What a task that waits for a call (sensor, operator) carries."""
+
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def dialnexa_conn_id(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def max_poll_interval(self) -> float: ...
+    @property
+    def max_consecutive_failures(self) -> int: ...
+    @property
+    def polling(self) -> str | None: ...
+
+
+def deferral(task: WaitingTask, poll_interval: float) -> dict[str, Any]:
+    """Keyword arguments of ``task.defer(...)``: the trigger with a wall-clock deadline, and the same timeout."""
     trigger = DialNexaCallTrigger(
-        call_id=call_id,
-        dialnexa_conn_id=dialnexa_conn_id,
+        call_id=task.call_id,
+        dialnexa_conn_id=task.dialnexa_conn_id,
         poll_interval=poll_interval,
-        end_time=time.time() + timeout,
-        max_poll_interval=max_poll_interval,
-        max_consecutive_failures=max_consecutive_failures,
-        polling=polling,
+        end_time=time.time() + task.timeout,
+        max_poll_interval=task.max_poll_interval,
+        max_consecutive_failures=task.max_consecutive_failures,
+        polling=task.polling,
     )
-    return {"trigger": trigger, "method_name": "execute_complete", "timeout": timedelta(seconds=timeout)}
+    return {"trigger": trigger, "method_name": "execute_complete", "timeout": timedelta(seconds=task.timeout)}
 
 
 def ended_status(event: Any, call_id: str, on_timeout: Callable[[str], Exception]) -> object:

@@ -113,17 +113,7 @@ class DialNexaGetCallOperator(BaseOperator):
         self.log.info("DialNexa call %r status: %r", self.call_id, raw)
         if not self.wait_for_completion or call_status.is_terminal(raw):
             return self._result(record)
-        self.defer(
-            **deferral(
-                call_id=self.call_id,
-                dialnexa_conn_id=self.dialnexa_conn_id,
-                timeout=self.timeout,
-                poll_interval=self.poll_interval,
-                max_poll_interval=self.max_poll_interval,
-                max_consecutive_failures=self.max_consecutive_failures,
-                polling=self.polling,
-            )
-        )
+        self.defer(**deferral(self, self.poll_interval))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: raise the typed error the event stands for, or fetch the full record."""

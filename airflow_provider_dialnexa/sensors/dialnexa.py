@@ -111,17 +111,7 @@ class DialNexaCallSensor(BaseSensorOperator):
             raise
         if first.is_done:
             return first.xcom_value
-        self.defer(
-            **deferral(
-                call_id=self.call_id,
-                dialnexa_conn_id=self.dialnexa_conn_id,
-                timeout=self.timeout,
-                poll_interval=self.poke_interval,
-                max_poll_interval=self.max_poll_interval,
-                max_consecutive_failures=self.max_consecutive_failures,
-                polling=self.polling,
-            )
-        )
+        self.defer(**deferral(self, self.poke_interval))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, str]:
         """Resume after the trigger: return the XCom, or raise the typed error the event stands for."""
