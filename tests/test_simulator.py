@@ -358,6 +358,8 @@ def _check_fault(kind: str, response: requests.Response) -> None:
     elif kind in ("no_id", "no_status"):
         assert kind[3:] not in response.json()
         assert "agent_id" in response.json()
+    elif kind == "object_id":
+        assert isinstance(response.json()["id"], dict)
     else:
         assert kind == "slow"
         assert response.json()["status"] == "completed"

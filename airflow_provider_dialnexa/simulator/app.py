@@ -92,6 +92,10 @@ def _mangle(kind: str, route: str, status: int, payload: Any) -> Reply | None:
         for item in payload if isinstance(payload, list) else payload.get("data", [payload]):
             item.pop(kind[3:], None)
         return Reply(status, dumps(payload))
+    if kind == "object_id":  # an id that is not a string (here a JSON object): no client may use it as a key
+        for item in payload if isinstance(payload, list) else payload.get("data", [payload]):
+            item["id"] = {"value": item.get("id")}
+        return Reply(status, dumps(payload))
     if kind == "truncated_json":
         body = dumps(payload)
         return Reply(status, body[: max(1, len(body) // 2)])

@@ -34,6 +34,7 @@ FaultKind = Literal[
     "truncated_json",
     "not_object",
     "no_id",
+    "object_id",
     "no_status",
     "html_200",
 ]
