@@ -278,7 +278,9 @@ def as_call_list(data: Any, *, settings: ConnectionSettings) -> tuple[list[dict[
             conn_id=settings.conn_id,
             http_status=200,
         )
-    return [item for item in data if isinstance(item, dict) and item.get("id")], limit
+    # An item without a usable id (missing, empty, or not a string, e.g. an object) cannot be matched to a
+    # wait: drop it (that wait falls back to Get Call) instead of letting one item fail the whole batch.
+    return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]], limit
 
 
 def call_id_query(call_ids: Iterable[str], limit: int) -> dict[str, str]:

@@ -45,11 +45,18 @@ class BatchPoller:
         self.users = 0
         self._pending: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     @property
     def pending(self) -> int:
         """Ids waiting for the next batch (0 once every trigger has its answer or was cancelled)."""
         return len(self._pending)
+
+    def lead(self) -> float:
+        """How much earlier a trigger should ask than its interval: the window a read waits in, or 0 once
+        reads go straight to Get Call (else a 1 s interval would become a 0 s one).
+        """
+        return 0.0 if self.list_refused else self.window
 
     async def fetch(self, call_id: str) -> dict[str, Any]:
         """The call's current record, via the next batch (or Get Call when batching is unavailable)."""
@@ -72,13 +79,20 @@ class BatchPoller:
                     del self._pending[call_id]
 
     async def _flush_loop(self) -> None:
-        """Each tick: wait one window, then send every id asked for so far, ``batch_size`` per request."""
+        """Each tick: wait one window, then send every id asked for so far, ``batch_size`` per request.
+
+        A tick starts its batches and moves on: a slow batch never holds back the next tick's ids.
+        """
         while self._pending:
             await asyncio.sleep(self.window)
             due, self._pending = self._pending, {}
             ids = list(due)
-            batches = [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
-            await asyncio.gather(*(self._fetch_batch({call_id: due[call_id] for call_id in b}) for b in batches))
+            for i in range(0, len(ids), self.batch_size):
+                batch = asyncio.create_task(
+                    self._fetch_batch({call_id: due[call_id] for call_id in ids[i : i + self.batch_size]})
+                )
+                self._batches.add(batch)
+                batch.add_done_callback(self._batches.discard)
 
     async def _list(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Records of ``ids`` by List Calls; ids a capped page could not hold are listed again."""
@@ -96,12 +110,13 @@ class BatchPoller:
         return records
 
     async def _fetch_batch(self, waiters: dict[str, list[asyncio.Future[dict[str, Any]]]]) -> None:
-        ids = list(waiters)
-        records: dict[str, dict[str, Any]] = {}
-        failure: BaseException | None = None
+        """List the ids and answer each listed one at once; ids the list did not return get their own Get Call
+        (which also yields the proper 404/403), each answered when its own call is done.
+        """
+        missing = list(waiters)
         if not self.list_refused:
             try:
-                records = await self._list(ids)
+                records = await self._list(missing)
             except _ROUTE_REFUSED as exc:
                 if not self.list_refused:  # concurrent batches of one tick are refused together: log once
                     log.warning(
@@ -110,29 +125,29 @@ class BatchPoller:
                 self.list_refused = True
                 _refused.setdefault(asyncio.get_running_loop(), set()).add(self.hook.dialnexa_conn_id)
             except Exception as exc:  # any failure must reach the waiters, or they would wait forever
-                failure = exc
-        missing = [call_id for call_id in ids if call_id not in records]
-        if missing and failure is None:
-            # Ids a list did not return (or every id, if the route is refused): Get Call each, which also
-            # yields the proper 404/403 for that id.
-            results = await asyncio.gather(
-                *(self.hook.aget_call(call_id) for call_id in missing), return_exceptions=True
-            )
-            for call_id, result in zip(missing, results, strict=True):
-                if isinstance(result, BaseException):
-                    self._settle(waiters[call_id], error=result)
-                else:
-                    records[call_id] = result
-        for call_id in ids:
-            if call_id in records:
-                self._settle(waiters[call_id], record=records[call_id])
-            elif failure is not None:
-                self._settle(waiters[call_id], error=failure)
+                for futures in waiters.values():
+                    self._settle(futures, error=exc)
+                return
+            else:
+                for call_id, record in records.items():
+                    if call_id in waiters:
+                        self._settle(waiters[call_id], record=record)
+                missing = [call_id for call_id in missing if call_id not in records]
+        await asyncio.gather(*(self._get_one(call_id, waiters[call_id]) for call_id in missing))
+
+    async def _get_one(self, call_id: str, futures: list[asyncio.Future[dict[str, Any]]]) -> None:
+        try:
+            record = await self.hook.aget_call(call_id)
+        except Exception as exc:
+            self._settle(futures, error=exc)
+        else:
+            self._settle(futures, record=record)
 
     def stop(self) -> None:
-        """Cancel the flush loop (its last user left)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        """Cancel the flush loop and the batches in flight (its last user left: nobody waits for them)."""
+        for task in (self._flusher, *self._batches):
+            if task is not None:
+                task.cancel()
 
     @staticmethod
     def _settle(
@@ -179,3 +194,5 @@ def batch_poller(conn_id: str) -> Iterator[BatchPoller]:
         if poller.users == 0 and pollers.get(conn_id) is poller:
             del pollers[conn_id]
             poller.stop()
+            if not pollers:
+                _pollers.pop(loop, None)

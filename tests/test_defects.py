@@ -323,12 +323,15 @@ def test_nothing_survives_its_event_loop(simulator: Simulator, api_key: str, mon
     for i in range(30):
         asyncio.run(one_deferral(MODES[i % 2]))
     gc.collect()
-    leaked_loops = sum(ref() is not None for ref in loops)
+    alive = [loop for ref in loops[1:] if (loop := ref()) is not None]
     fds_after = open_fds()
-    figures("loops", runs=30, loops_alive=leaked_loops, new_fds=fds_after - fds_before)
-    assert leaked_loops == 0
+    figures("loops", runs=30, loops_alive=len(alive), new_fds=fds_after - fds_before)
+    # asgiref (the async connection lookup) keeps the latest loop in a thread-local: at most that one.
+    assert len(alive) <= 1, alive
+    assert not any(loop in hook_module._loop_states for loop in alive)
     assert len(hook_module._loop_states) <= entries_before
     assert fds_after - fds_before < 5, (fds_before, fds_after)
+    del alive
 
 
 # -- 7. an unusable id in one List Calls item does not fail the batch --------------------------------------

@@ -257,9 +257,10 @@ def test_resume_failures_and_soft_fail(
     next_method: str, next_kwargs: dict[str, Any], error: type[Exception], soft_fail: bool
 ) -> None:
     task = sensor("call_abc123", failure_statuses={"failed"}, soft_fail=soft_fail)
-    with pytest.raises(AirflowSkipException if soft_fail else error) as info:
+    skips = soft_fail and error in (AirflowSensorTimeout, DialNexaCallFailedError)  # errors fail (issue #14)
+    with pytest.raises(AirflowSkipException if skips else error) as info:
         task.resume_execution(next_method, next_kwargs, CONTEXT)
-    if soft_fail:
+    if skips:
         assert isinstance(info.value.__cause__, error)
 
 

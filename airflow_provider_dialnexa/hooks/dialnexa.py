@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import requests
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from airflow.providers.common.compat.sdk import BaseHook
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_dialnexa import UI_FIELD_BEHAVIOUR
@@ -28,6 +28,7 @@ from airflow_provider_dialnexa._http import (
 )
 from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
+    DialNexaConfigError,
     DialNexaRateLimitError,
     DialNexaUnreachableError,
     describe,
@@ -47,7 +48,17 @@ _SYNC_TRANSPORT_ERRORS = (
 )
 
 
-@dataclass
+#: Seconds an event loop trusts a resolved connection before reading it again: a fixed host, a rotated key or
+#: new extras reach a running triggerer within this time, without a connection lookup per poll.
+CONNECTION_TTL = 60.0
+
+
+def _clock() -> float:
+    """Monotonic seconds for the connection TTL (a seam, so tests move time instead of waiting for it)."""
+    return time.monotonic()
+
+
+@dataclass(eq=False)
 class _LoopClient:
     """What every async request on one event loop through one connection id shares."""
 
@@ -57,24 +68,70 @@ class _LoopClient:
     #: Requests queue here, never inside httpx's pool: httpcore 1.0 rescans every queued request against
     #: every connection on each pool event, so thousands of queued polls would stall the loop (O(n*m)).
     slots: asyncio.Semaphore
+    #: When the connection was last read (``_clock()``).
+    resolved_at: float = 0.0
+    #: Requests that hold this client (from taking it to their answer): it is closed only when none do.
+    in_flight: int = 0
+    #: Replaced (a 401, a changed connection, the loop ending): close once the last request lets go.
+    retired: bool = False
+
+    async def release(self) -> None:
+        """One request is done with the client; the last one out closes a retired client."""
+        self.in_flight -= 1
+        if self.retired and self.in_flight == 0:
+            await self.client.aclose()
+
+    async def retire(self) -> None:
+        """Stop handing the client out; close it now if no request holds it, else when the last one lets go."""
+        if not self.retired:
+            self.retired = True
+            if self.in_flight == 0:
+                await self.client.aclose()
 
 
-@dataclass
+@dataclass(eq=False)
 class _LoopState:
     lock: asyncio.Lock
     clients: dict[str, _LoopClient]
+    #: Suspended for the loop's life; ``loop.shutdown_asyncgens()`` (``asyncio.run`` ends with it) resumes it
+    #: to close the clients, so nothing of a loop (client, socket, the loop itself) outlives it.
+    closer: AsyncGenerator[None, None] | None = None
 
 
 # One resolved connection and one keep-alive httpx client per (event loop, connection id): thousands of
 # triggers in a triggerer share them instead of each resolving the connection and dialling DialNexa.
+# The clients refer to their loop, so an entry leaves this map when its loop shuts down (see ``_LoopState``).
 _loop_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
 
+async def _close_at_loop_shutdown(state: _LoopState) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        loop = asyncio.get_running_loop()
+        if _loop_states.get(loop) is state:
+            del _loop_states[loop]
+        clients, state.clients = list(state.clients.values()), {}
+        for shared in clients:
+            await shared.retire()
+
+
+async def _loop_state() -> _LoopState:
+    """This loop's state, created (with its shutdown hook registered) on first use."""
+    loop = asyncio.get_running_loop()
+    state = _loop_states.get(loop)
+    if state is None:
+        state = _loop_states[loop] = _LoopState(asyncio.Lock(), {})
+        state.closer = _close_at_loop_shutdown(state)
+        await state.closer.asend(None)  # first iteration: the loop now tracks it for shutdown_asyncgens()
+    return state
+
+
 async def close_async_clients() -> None:
-    """Close this event loop's shared clients (tests and benchmarks call it before the loop ends)."""
+    """Close this event loop's shared clients now (they also close by themselves when the loop shuts down)."""
     state = _loop_states.pop(asyncio.get_running_loop(), None)
-    for shared in state.clients.values() if state else ():
-        await shared.client.aclose()
+    if state is not None and state.closer is not None:
+        await state.closer.aclose()
 
 
 class DialNexaHook(BaseHook):
@@ -138,41 +195,60 @@ class DialNexaHook(BaseHook):
         conn = self.get_connection(self.dialnexa_conn_id)
         return self._settings_from(conn, conn.extra_dejson)
 
+    async def _resolve_async(self) -> ConnectionSettings:
+        """Read and validate the connection without blocking the loop; a missing one is a config error."""
+        try:
+            conn = await get_async_connection(self.dialnexa_conn_id, hook=self)
+        except AirflowNotFoundException:
+            raise DialNexaConfigError(
+                f"DialNexa connection {self.dialnexa_conn_id!r} is not defined; create it (type 'dialnexa', the "
+                "API key in the password field) or set dialnexa_conn_id to an existing connection",
+                conn_id=self.dialnexa_conn_id,
+            ) from None
+        return self._settings_from(conn, await get_async_extra_dejson(conn))
+
     async def _loop_client(self) -> _LoopClient:
-        loop = asyncio.get_running_loop()
-        state = _loop_states.get(loop)
-        if state is None:
-            state = _loop_states[loop] = _LoopState(asyncio.Lock(), {})
+        """This loop's shared client for the connection, re-reading the connection once ``CONNECTION_TTL`` passed.
+
+        A changed connection gets a new client; the old one closes once its in-flight requests are done.
+        """
+        state = await _loop_state()
         shared = state.clients.get(self.dialnexa_conn_id)
-        if shared is not None:
+        if shared is not None and _clock() - shared.resolved_at < CONNECTION_TTL:
             return shared
         async with state.lock:
             shared = state.clients.get(self.dialnexa_conn_id)
-            if shared is None:
-                conn = await get_async_connection(self.dialnexa_conn_id, hook=self)
-                settings = self._settings_from(conn, await get_async_extra_dejson(conn))
-                # Built in a thread: loading the CA bundle takes tens of ms, too long for a triggerer's loop.
-                client = await asyncio.to_thread(
-                    httpx.AsyncClient,
-                    headers=settings.headers,
-                    follow_redirects=True,  # as requests does on the sync path (both drop auth across hosts)
-                    limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
-                    timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
-                )
-                budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
-                shared = _LoopClient(settings, client, budget, asyncio.Semaphore(MAX_CONNECTIONS))
-                state.clients[self.dialnexa_conn_id] = shared
-        return shared
+            if shared is not None and _clock() - shared.resolved_at < CONNECTION_TTL:
+                return shared
+            settings = await self._resolve_async()
+            if shared is not None and shared.settings == settings:
+                shared.resolved_at = _clock()
+                return shared
+            # Built in a thread: loading the CA bundle takes tens of ms, too long for a triggerer's loop.
+            client = await asyncio.to_thread(
+                httpx.AsyncClient,
+                headers=settings.headers,
+                follow_redirects=True,  # as requests does on the sync path (both drop auth across hosts)
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+                timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
+            )
+            budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+            fresh = _LoopClient(settings, client, budget, asyncio.Semaphore(MAX_CONNECTIONS), resolved_at=_clock())
+            state.clients[self.dialnexa_conn_id] = fresh
+            if shared is not None:
+                await shared.retire()
+            return fresh
 
     async def _forget_loop_client(self, shared: _LoopClient) -> None:
-        """Drop and close the shared client after a 401, so a fixed key is picked up by the next request.
+        """Drop the shared client after a 401, so a fixed key is picked up by the next request.
 
-        Only if it is still the current one: another hook may already have replaced it.
+        Only if it is still the current one (another hook may already have replaced it); it is closed once
+        the other requests that hold it have their answers, never under them.
         """
         state = _loop_states.get(asyncio.get_running_loop())
         if state is not None and state.clients.get(self.dialnexa_conn_id) is shared:
             del state.clients[self.dialnexa_conn_id]
-            await shared.client.aclose()
+        await shared.retire()
 
     async def asettings(self) -> ConnectionSettings:
         """The validated connection, resolved without blocking the event loop."""
@@ -280,18 +356,22 @@ class DialNexaHook(BaseHook):
         async for attempt in retrying:
             with attempt:
                 shared = await self._loop_client()  # per attempt: a client dropped after a 401 is not reused
-                if shared.budget is not None:
-                    delay = shared.budget.reserve()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                shared.in_flight += 1  # from here until the answer: the client stays open for this request
                 try:
-                    async with shared.slots:
-                        response = await shared.client.get(url, params=params, timeout=timeout)
-                except httpx.TransportError as exc:
-                    raise self._unreachable(exc, subject, settings, call_id) from None
+                    if shared.budget is not None:
+                        delay = shared.budget.reserve()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    try:
+                        async with shared.slots:
+                            response = await shared.client.get(url, params=params, timeout=timeout)
+                    except httpx.TransportError as exc:
+                        raise self._unreachable(exc, subject, shared.settings, call_id) from None
+                finally:
+                    await shared.release()
                 try:
                     return self._answer(
-                        response, subject=subject, call_id=call_id, settings=settings, budget=shared.budget
+                        response, subject=subject, call_id=call_id, settings=shared.settings, budget=shared.budget
                     )
                 except DialNexaAuthError:
                     await self._forget_loop_client(shared)

@@ -24,7 +24,7 @@ from airflow_provider_dialnexa._wait import (
     failure_status_set,
     outcome,
 )
-from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError
+from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, DialNexaError, DialNexaWaitTimeoutError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
 from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
@@ -112,6 +112,24 @@ class DialNexaCallSensor(BaseSensorOperator):
         if first.is_done:
             return first.xcom_value
         self.defer(**deferral(self, self.poke_interval))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after the trigger, where ``soft_fail`` skips only a timeout or a ``failure_statuses`` match.
+
+        Airflow's sensor (2.x and 3.x alike) turns *any* ``AirflowException`` raised on resume into a skip
+        under ``soft_fail``, and every DialNexa error is one; so an auth, not-found or server error would skip
+        in deferrable mode but fail in poke mode. The skip it raises chains the original error: an error that
+        is not a timeout or a declared failure is raised again instead, failing the task in every mode.
+        ``never_fail`` keeps Airflow's meaning (skip on any error).
+        """
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSkipException as skip:
+            error = skip.__cause__
+            skippable = (DialNexaCallFailedError, DialNexaWaitTimeoutError)
+            if self.soft_fail and isinstance(error, DialNexaError) and not isinstance(error, skippable):
+                raise error from None
+            raise
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, str]:
         """Resume after the trigger: return the XCom, or raise the typed error the event stands for."""

@@ -12,7 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._http import POLLING_MODES
-from airflow_provider_dialnexa._poller import BATCH_WINDOW, batch_poller
+from airflow_provider_dialnexa._poller import batch_poller
 from airflow_provider_dialnexa.exceptions import TRANSIENT_KINDS, DialNexaError, DialNexaMalformedResponseError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
@@ -113,11 +113,12 @@ class DialNexaCallTrigger(BaseTrigger):
         try:
             async with AsyncExitStack() as stack:
                 fetch: Callable[[str], Awaitable[dict[str, Any]]] = hook.aget_call
-                lead = 0.0
+                lead: Callable[[], float] = _no_lead
                 polling = self.polling or (await hook.asettings()).polling
                 if polling == "batched":
-                    fetch = stack.enter_context(batch_poller(self.dialnexa_conn_id)).fetch
-                    lead = BATCH_WINDOW  # the poller holds each read up to one window: ask that much earlier
+                    poller = stack.enter_context(batch_poller(self.dialnexa_conn_id))
+                    fetch = poller.fetch
+                    lead = poller.lead  # the poller holds each read up to one window: ask that much earlier
                 event = await self._wait(fetch, lead)
         except DialNexaError as exc:  # e.g. an unusable connection, raised before the first poll
             event = self._event(ERROR, kind=exc.kind, message=str(exc))
@@ -126,7 +127,20 @@ class DialNexaCallTrigger(BaseTrigger):
             event = self._event(ERROR, kind="error", message=f"{type(exc).__name__}: {exc}")
         yield event
 
-    async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], lead: float) -> TriggerEvent:
+    async def _read(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+        """The call's record, or None when ``end_time`` passed while the read was still in flight."""
+        if self.end_time is None:
+            return await fetch(self.call_id)
+        deadline = asyncio.timeout(max(0.0, self.end_time - time.time()))
+        try:
+            async with deadline:
+                return await fetch(self.call_id)
+        except TimeoutError:
+            if deadline.expired():
+                return None
+            raise
+
+    async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], lead: Callable[[], float]) -> TriggerEvent:
         polls = failures = 0
         delay = self._first_delay()
         last_status: str | None = None
@@ -142,11 +156,13 @@ class DialNexaCallTrigger(BaseTrigger):
                         last_status=last_status,
                     )
                 delay = min(delay, remaining)
-            await asyncio.sleep(max(0.0, delay - lead))
+            await asyncio.sleep(max(0.0, delay - lead()))
             if self.end_time is not None and time.time() >= self.end_time:
                 continue  # report the timeout without a poll the deadline did not leave room for
             try:
-                record = await fetch(self.call_id)
+                record = await self._read(fetch)
+                if record is None:
+                    continue  # the deadline passed during the read: report the timeout
                 raw = record.get("status")
                 if raw is None or raw == "":
                     raise DialNexaMalformedResponseError(
@@ -177,6 +193,10 @@ class DialNexaCallTrigger(BaseTrigger):
                     "DialNexa call %r has undocumented status %r; treating it as still running", self.call_id, raw
                 )
             delay = self._policy.interval(polls - 1)
+
+
+def _no_lead() -> float:
+    return 0.0
 
 
 def validate_event(event: Any, call_id: str | None = None) -> dict[str, Any]:
