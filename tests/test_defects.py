@@ -279,6 +279,65 @@ async def test_a_fixed_connection_is_picked_up_after_the_ttl(
     assert len(simulator.requests(call_id=call_id)) == 1
 
 
+async def test_after_the_ttl_an_unchanged_connection_keeps_its_client_and_a_failed_lookup_keeps_it_too(
+    simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-reading the connection is no reason to drop a working client: same settings, same client (no new
+    dial); a lookup that fails for another reason than the connection itself keeps the waits going.
+    """
+    now = [1000.0]
+    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    use_connection(monkeypatch, simulator, api_key)
+    calls = [ended_call(simulator) for _ in range(3)]
+
+    async def wait(call_id: str) -> dict[str, Any]:
+        return await only_event(DialNexaCallTrigger(call_id, polling="per_call", **FAST))
+
+    assert (await wait(calls[0]))["event"] == "success"
+    state = hook_module._loop_states[asyncio.get_running_loop()]
+    client = state.clients[CONN_ID]
+    now[0] += hook_module.CONNECTION_TTL + 1
+    assert (await wait(calls[1]))["event"] == "success"
+    assert state.clients[CONN_ID] is client
+    assert not client.client.is_closed
+
+    async def lookup_fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the API server is restarting")
+
+    monkeypatch.setattr(hook_module, "get_async_connection", lookup_fails)
+    now[0] += hook_module.CONNECTION_TTL + 1
+    assert (await wait(calls[2]))["event"] == "success"
+    assert state.clients[CONN_ID] is client
+    assert simulator.stats()["connections"] == 1
+
+
+async def test_a_replaced_client_closes_only_after_its_request_in_flight(
+    simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection changes while a slow request is in flight: the next wait gets a new client, the slow
+    request still gets its answer on the old one, which closes right after.
+    """
+    now = [1000.0]
+    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    use_connection(monkeypatch, simulator, api_key)
+    slow, quick = ended_call(simulator), ended_call(simulator)
+    simulator.add_fault(Fault("slow", route="get", call_id=slow, delay_s=4))
+    slow_wait = asyncio.create_task(only_event(DialNexaCallTrigger(slow, polling="per_call", **FAST)))
+    while not (state := hook_module._loop_states.get(asyncio.get_running_loop())) or not any(
+        c.in_flight for c in state.clients.values()
+    ):
+        await asyncio.sleep(0.01)
+    old = state.clients[CONN_ID]
+    use_connection(monkeypatch, simulator, api_key, timeout=11)  # a changed extra: new settings, new client
+    now[0] += hook_module.CONNECTION_TTL + 1
+    assert (await only_event(DialNexaCallTrigger(quick, polling="per_call", **FAST)))["event"] == "success"
+    assert state.clients[CONN_ID] is not old
+    assert old.retired
+    assert not old.client.is_closed  # the slow request still holds it
+    assert (await slow_wait)["event"] == "success"
+    assert old.client.is_closed
+
+
 # -- 5. a 401 ends every wait with the auth error, never "client has been closed" --------------------------
 
 

@@ -220,7 +220,22 @@ class DialNexaHook(BaseHook):
             shared = state.clients.get(self.dialnexa_conn_id)
             if shared is not None and _clock() - shared.resolved_at < CONNECTION_TTL:
                 return shared
-            settings = await self._resolve_async()
+            try:
+                settings = await self._resolve_async()
+            except DialNexaConfigError:
+                raise  # the connection is gone or unusable now: every wait on it should say so
+            except Exception as exc:
+                if shared is None:
+                    raise
+                # A lookup that failed for another reason (e.g. the API server hiccuped) must not end waits
+                # that have a working client: keep it, and try again after another TTL.
+                self.log.warning(
+                    "Could not re-read DialNexa connection %r (%s); keeping its previous settings",
+                    self.dialnexa_conn_id,
+                    type(exc).__name__,
+                )
+                shared.resolved_at = _clock()
+                return shared
             if shared is not None and shared.settings == settings:
                 shared.resolved_at = _clock()
                 return shared
