@@ -14,9 +14,13 @@ import itertools
 import json
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -420,3 +424,78 @@ async def test_missing_connection_is_a_config_error(polling: str | None, monkeyp
     assert "unexpectedly" not in event["message"]
     assert isinstance(event["message"], str)
     assert "Traceback" not in event["message"]
+
+
+# -- 3, end to end: dag.test() with the key revoked after the first poke ----------------------------------
+
+SOFT_FAIL_DAG = textwrap.dedent(
+    '''
+    """dag.test() of one deferrable soft_fail sensor; prints the task's final state."""
+    import json
+    import os
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
+
+    with DAG("dnx_soft_fail_error", schedule=None, start_date=datetime(2024, 1, 1), catchup=False) as dag:
+        DialNexaCallSensor(
+            task_id="wait", call_id=os.environ["DNX_CALL"], deferrable=True, poke_interval=1, timeout=60,
+            soft_fail=True, polling="per_call",
+        )
+
+    if __name__ == "__main__":
+        run = dag.test()
+        ti = run.get_task_instance("wait")
+        print("DNX_RESULT " + json.dumps({"run": str(run.state), "ti": str(ti.state)}))
+    '''
+)
+
+
+def child_env(home: Path) -> dict[str, str]:
+    """This process's environment without Airflow settings, plus a throwaway AIRFLOW_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def test_dag_test_soft_fail_sensor_fails_when_the_key_is_revoked_after_the_first_poke(
+    simulator: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    """The issue's reproduction through Airflow's own task runner: the run must fail, not skip and succeed."""
+    home = tmp_path / "airflow_home"
+    (home / "dags").mkdir(parents=True)
+    airflow = Path(sys.executable).with_name("airflow")
+    env = child_env(home)
+    migrated = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, check=False)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    call_id = endless_call(simulator)
+    extras = {"timeout": 5, "max_retries": 0, "rate_limit_per_minute": 0}
+    conn = {"conn_type": "dialnexa", "host": simulator.url, "password": api_key, "extra": extras}
+    dag_file = home / "dags" / "soft_fail_dag.py"
+    dag_file.write_text(SOFT_FAIL_DAG)
+    env.update(AIRFLOW_CONN_DIALNEXA_DEFAULT=json.dumps(conn), DNX_CALL=call_id)
+    child = subprocess.Popen(
+        [sys.executable, str(dag_file)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        while not simulator.requests(call_id=call_id) and child.poll() is None:  # the sensor's first poke
+            time.sleep(0.01)
+        simulator.configure(api_key="dnx_rotated:n3w-k3y")  # revoked before the trigger's first poll (1 s later)
+        output, _ = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    lines = [line for line in output.splitlines() if line.startswith("DNX_RESULT ")]
+    assert lines, output[-5000:]
+    result = json.loads(lines[-1].removeprefix("DNX_RESULT "))
+    assert result == {"run": "failed", "ti": "failed"}, output[-5000:]
+    assert "DialNexaAuthError" in output
+    assert [e.status_code for e in simulator.requests(call_id=call_id)] == [200, 401]
