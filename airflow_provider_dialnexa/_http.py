@@ -307,7 +307,7 @@ def validate_phone_number(phone_number: object) -> str:
     """
     if not isinstance(phone_number, str):
         raise InvalidPhoneNumberError(
-            f"DialNexa phone_number must be a string in E.164 form (e.g. '+14155550123'), "
+            f"DialNexa phone_number must be a string in E.164 form (e.g. '+919876543210'), "
             f"got {type(phone_number).__name__}; check the task's phone_number argument or the template that fills it"
         )
     number = phone_number.strip()
@@ -315,7 +315,7 @@ def validate_phone_number(phone_number: object) -> str:
         shown = mask_phone_number(number) if number else "''"
         raise InvalidPhoneNumberError(
             f"DialNexa phone_number {shown} is not E.164: write it as '+', the country code and the number, "
-            "8 to 15 digits with no spaces or punctuation (e.g. '+14155550123')"
+            "8 to 15 digits with no spaces or punctuation (e.g. '+919876543210')"
         )
     return number
 

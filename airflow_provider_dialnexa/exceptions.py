@@ -177,7 +177,7 @@ _BY_STATUS: dict[int, type[DialNexaError]] = {
 
 #: Hints for a refused Create Call, by HTTP status (the class hints speak about reading a call).
 CREATE_CALL_HINTS: dict[int, str] = {
-    400: "Check phone_number (E.164, e.g. +14155550123), agent_id, agent_version_number and metadata.",
+    400: "Check phone_number (E.164, e.g. +919876543210), agent_id, agent_version_number and metadata.",
     402: "Top up the DialNexa billing wallet of the workspace; nothing was placed.",
     403: "The destination country/prefix is not enabled for the workspace, KYC is pending, or the key lacks access.",
     404: "Check agent_id: the agent (or the caller number) does not exist in this organization.",

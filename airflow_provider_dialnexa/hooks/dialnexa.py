@@ -49,7 +49,7 @@ from airflow_provider_dialnexa.exceptions import (
     scrub,
 )
 from airflow_provider_dialnexa.policy import CONNECT_TIMEOUT, RateBudget, RetryPolicy, budget_for
-from airflow_provider_dialnexa.records import PHONE_FIELDS, mask_phone_number
+from airflow_provider_dialnexa.records import mask_phone_number
 
 #: Most ids one List Calls request may carry (DialNexa's documented page-size maximum).
 MAX_LIST_LIMIT = 200
@@ -95,12 +95,15 @@ async def close_async_clients() -> None:
 
 #: Most characters of a correlation value (it lives in the call's ``metadata``).
 MAX_CORRELATION_LENGTH = 200
-#: How far back a search for an already placed call reaches (a day: whatever time zone ``start_date`` is in).
-LOOKUP_WINDOW = 24 * 60 * 60
+#: How much further back than necessary a search for a placed call reaches: a day, so it still covers the
+#: call if DialNexa reads ``start_date`` in another time zone (undocumented) or the clocks disagree.
+LOOKUP_MARGIN = 24 * 60 * 60
 #: Page size of those searches: the smaller documented List Calls maximum, so a short page means the end.
 LOOKUP_PAGE_SIZE = 100
+#: Where a call record holds the number called, in every documented spelling (never the caller's number).
+_RECIPIENT_FIELDS = ("to_number", "to_phone_number", "phone_number")
 #: Most pages one search reads before it gives up proving anything.
-MAX_LOOKUP_PAGES = 50
+MAX_LOOKUP_PAGES = 100
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,10 @@ class DialNexaHook(BaseHook):
         try:
             response = self.session.post(url, json=body, timeout=timeout)
         except _SYNC_TRANSPORT_ERRORS as exc:
-            raise self._unreachable(exc, subject, settings, None) from None
+            error = self._unreachable(exc, subject, settings, None)
+            if isinstance(exc, requests.Timeout):  # DialNexa may still be working on it: give it as long again
+                error.retry_after = timeout[1]
+            raise error from None
         return self._answer(
             response, subject=subject, call_id=None, settings=settings, budget=budget, hints=CREATE_CALL_HINTS
         )
@@ -347,6 +353,7 @@ class DialNexaHook(BaseHook):
         notes: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         adopt_existing: bool = False,
+        placed_after: datetime | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/calls``: place one outbound call, at most once per correlation value.
 
@@ -358,6 +365,8 @@ class DialNexaHook(BaseHook):
         is retried after ``Retry-After``. 400/401/402/403/404/409/422 raise at once with DialNexa's message.
 
         :param adopt_existing: Search first, before any POST (a retried task that may have placed the call).
+        :param placed_after: No earlier attempt can have placed the call before this (e.g. the DAG run's
+            start); searches reach back to it minus a day (default: now minus a day).
         :returns: The created call as DialNexa answered (``id``, ``to_phone_number``, ...), or the record of
             the call found by the search.
         :raises InvalidPhoneNumberError: before any request, for a number that is not E.164.
@@ -370,7 +379,8 @@ class DialNexaHook(BaseHook):
         if not isinstance(correlation, str) or not 0 < len(correlation) <= MAX_CORRELATION_LENGTH:
             raise ValueError(f"the correlation value must be a string of 1 to {MAX_CORRELATION_LENGTH} characters")
         body = create_call_body(phone, agent, metadata, correlation, agent_version_number, notes)
-        target = _Placement(phone, agent, correlation, since=time.time() - LOOKUP_WINDOW)
+        since = (placed_after.timestamp() if placed_after is not None else time.time()) - LOOKUP_MARGIN
+        target = _Placement(phone, agent, correlation, since=since)
         settings = self.settings
         subject = f"Create Call to {mask_phone_number(phone)} (correlation {correlation!r})"
         if adopt_existing:
@@ -396,8 +406,6 @@ class DialNexaHook(BaseHook):
             if last and not uncertain:
                 break
             wait = policy.wait(attempt, failure.retry_after)
-            if isinstance(failure, DialNexaUnreachableError):  # DialNexa may still be working on it: let it finish
-                wait = max(wait, self._read_timeout(settings))
             next_step = "looking for the call" if uncertain else "sending again"
             self.log.warning("%s (attempt %d of %d; %s in %.2f s)", failure, attempt, policy.attempts, next_step, wait)
             time.sleep(wait)
@@ -437,27 +445,19 @@ class DialNexaHook(BaseHook):
     def _find_placed_call(self, target: _Placement) -> dict[str, Any] | None:
         """Search List Calls for the placement's correlation value; None only when the search saw every call.
 
-        ``to`` is a recipient filter in the OpenAPI file but a ``created_at`` bound in other docs, so a
-        search with it can find the call quickly but never proves it absent; the proof comes from the
-        agent's calls since ``start_date`` (a day back: the time zone DialNexa reads it in is unknown), or
-        all the agent's calls if ``start_date`` is refused. Records are matched on the correlation value,
-        not on the filters.
+        The search reads the agent's calls since ``start_date`` (or all the agent's calls if a deployment
+        refuses ``start_date``) and matches records on the correlation value, never on the filters. It
+        does not filter on ``to``: the OpenAPI file reads it as the recipient, other docs as a
+        ``created_at`` bound, and the number would sit in URLs and client debug logs.
         """
         start = datetime.fromtimestamp(target.since, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        searches: tuple[tuple[dict[str, str], bool], ...] = (
-            ({"agent_id": target.agent_id, "to": target.phone_number, "start_date": start}, False),
-            ({"agent_id": target.agent_id, "start_date": start}, True),
-            ({"agent_id": target.agent_id}, True),
-        )
-        for filters, proves_absence in searches:
+        for filters in ({"agent_id": target.agent_id, "start_date": start}, {"agent_id": target.agent_id}):
             try:
                 found, complete = self._scan_calls(target, filters)
-            except DialNexaBadRequestError:  # this deployment refuses one of the filters: search wider
+            except DialNexaBadRequestError:  # this deployment refuses start_date: search wider
                 continue
-            if found is not None:
+            if found is not None or complete:
                 return found
-            if complete and proves_absence:
-                return None
         settings = self.settings
         raise DialNexaUnconfirmedCallError(
             f"{describe(f'List Calls for correlation {target.correlation_id!r}', settings.conn_id)}: could not "
@@ -486,7 +486,7 @@ class DialNexaHook(BaseHook):
         """The record if it carries the correlation value; a list view without ``metadata`` is read in full."""
         metadata = record_metadata(record)
         if metadata is None:
-            number = next((record[key] for key in PHONE_FIELDS if record.get(key)), None)
+            number = next((record[key] for key in _RECIPIENT_FIELDS if record.get(key)), None)
             if number is not None and phone_digits(number) != phone_digits(target.phone_number):
                 return None
             record = self.get_call(str(record["id"]))

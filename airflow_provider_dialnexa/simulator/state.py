@@ -653,7 +653,7 @@ class SimState:
             limit = min(limit, ENVELOPE_MAX_LIMIT)
         ids = split_csv(query.get("call_id"))
         wanted = {normalise(s) for s in split_csv(query.get("status"))}
-        keep = reconcile_filter(query, envelope)
+        keep = reconcile_filter(query)
         with self._lock:
             calls: Iterable[_Call]
             if ids:
@@ -791,26 +791,13 @@ def _instant(name: str, value: str) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def reconcile_filter(query: Mapping[str, Sequence[str]], envelope: bool) -> Any:
-    """List Calls filters ``agent_id`` (comma list), ``start_date`` and ``to``, as a predicate on calls.
-
-    ``to`` is the recipient number in the OpenAPI file (``list_style="array"``) and an ISO ``created_at``
-    upper bound in the Mintlify docs (``"envelope"``), where a phone number is refused with a 400.
-    """
+def reconcile_filter(query: Mapping[str, Sequence[str]]) -> Any:
+    """List Calls filters ``agent_id`` (comma list) and ``start_date`` (ISO date or time), as a predicate."""
     agents = set(split_csv(query.get("agent_id")))
     start = query.get("start_date")
     since = _instant("start_date", start[-1]) if start and start[-1] else None
-    to = query.get("to")
-    to_value = to[-1] if to and to[-1] else None
-    until = _instant("to", to_value) if to_value and envelope else None
-    digits = "".join(ch for ch in to_value if ch.isdigit()) if to_value and not envelope else None
 
     def keep(call: _Call) -> bool:
-        return (
-            (not agents or call.agent_id in agents)
-            and (since is None or call.plan.created_at >= since)
-            and (until is None or call.plan.created_at <= until)
-            and (digits is None or "".join(ch for ch in call.to_number if ch.isdigit()) == digits)
-        )
+        return (not agents or call.agent_id in agents) and (since is None or call.plan.created_at >= since)
 
     return keep
