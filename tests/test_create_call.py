@@ -424,3 +424,95 @@ def test_operator_waits_and_returns_the_masked_record(sim: Simulator) -> None:
 # -- the example DAG in a real dag.test() ---------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` (as in tests/test_operator.py)."""
+    from airflow import settings
+    from airflow.utils import db
+
+    home = tmp_path_factory.mktemp("airflow_home")
+    dags = home / "dags"
+    dags.mkdir()
+    for source in sorted((ROOT / "dags").glob("*.py")):
+        (dags / source.name).symlink_to(source)
+    env = pytest.MonkeyPatch()
+    env.setenv("AIRFLOW_HOME", str(home))
+    env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
+    env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
+    env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
+    settings.configure_vars()
+    settings.reconfigure_orm()
+    db.initdb()
+    try:
+        yield dags
+    finally:
+        env.undo()
+        settings.configure_vars()
+        settings.reconfigure_orm()
+
+
+def run_dag(dags: Path, dag_id: str, conf: dict[str, Any]) -> tuple[str, str, dict[str, dict[int, Any]]]:
+    """``dag.test()`` the DAG; return the run's state, its id and its ``return_value`` XComs by task and map index."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    bag = DagBag(dag_folder=str(dags))
+    assert bag.import_errors == {}
+    run = bag.dags[dag_id].test(run_conf=conf)
+    xcoms: dict[str, dict[int, Any]] = {}
+    with create_session() as session:
+        query = XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value")
+        rows: list[Any] = list(session.scalars(query))
+        for row in rows:
+            xcoms.setdefault(row.task_id, {})[row.map_index] = XComModel.deserialize_value(row)
+    return str(run.state), run.run_id, xcoms
+
+
+def test_example_dag_places_each_call_once_and_loads_the_outcomes(
+    sim: Simulator, airflow_db: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    sim.configure(queued_s=(0, 0), ring_s=(0, 0), talk_s=(0, 0), mix={"completed": 1, "busy": 1})
+    sim.add_fault(Fault(kind="reset", route="create", count=1))  # one answer lost: reconciled, not re-sent
+    sim.add_fault(Fault(kind="503", route="create", count=1))  # one refused: re-sent after the lookup
+    leads = [
+        {"lead_id": "L-1", "phone_number": "+14155550101"},
+        {"lead_id": "L-2", "phone_number": "+14155550102"},
+        {"lead_id": "L-1", "phone_number": "+14155550101"},  # a duplicate lead is called once
+        {"lead_id": "L-3", "phone_number": "+14155550103"},
+    ]
+    table = tmp_path / "placed.db"
+
+    state, run_id, xcoms = run_dag(airflow_db, "dialnexa_place_and_load", {"leads": leads, "sqlite_path": str(table)})
+
+    assert state == "success"
+    assert xcoms["load"] == {-1: 3}
+    counts = sim.calls_by_metadata()
+    assert sorted(counts.values()) == [1, 1, 1]  # exactly one call per mapped task instance
+    assert set(counts) == {correlation_id_for("dialnexa_place_and_load", run_id, "place_call", i) for i in range(3)}
+    assert posts(sim) == 4  # the refused one was sent again, the lost one was not
+    assert _tries(run_id, "place_call") == [1, 1, 1]  # each task deferred and resumed in its first try
+    placed = xcoms["place_call"]
+    assert set(placed) == {0, 1, 2}
+    for record in placed.values():
+        assert "transcript" not in record
+        assert record["to_number"].count("*") >= 3
+    with sqlite3.connect(table) as db:
+        rows = db.execute("SELECT lead_id, status FROM placed_calls ORDER BY lead_id").fetchall()
+    assert [lead for lead, _ in rows] == ["L-1", "L-2", "L-3"]
+    assert {status for _, status in rows} <= {"completed", "busy"}
+
+
+def _tries(run_id: str, task_id: str) -> list[int]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(TaskInstance.try_number).where(TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
+        return sorted(session.scalars(query))

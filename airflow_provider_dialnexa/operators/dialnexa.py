@@ -250,6 +250,12 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, call_id: str = ""
     ) -> dict[str, Any]:
-        """Resume after the trigger with the placed call's id (carried in the deferral's kwargs)."""
+        """Resume after the trigger with the placed call's id.
+
+        The id travels in the deferral's kwargs; ``dag.test()`` (Airflow 3.3) hands back only the event, so
+        then it is read from the event, which always names its call.
+        """
+        if not call_id and isinstance(event, dict) and isinstance(event.get("call_id"), str):
+            call_id = event["call_id"]
         self.call_id = call_id
         return super().execute_complete(context, event)
