@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             os.environ["AIRFLOW_CONN_DIALNEXA_DEFAULT"] = json.dumps(conn)
             os.environ.setdefault("AIRFLOW_HOME", home)
+            os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")  # a warning per fault otherwise
             result = run_scenario(sim, args.n, args.seed, args.workers, args.fault_rate, args.crash_rate)
         finally:
             sim.stop()

@@ -516,3 +516,19 @@ def _tries(run_id: str, task_id: str) -> list[int]:
     with create_session() as session:
         query = select(TaskInstance.try_number).where(TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
         return sorted(session.scalars(query))
+
+
+def test_load_scenario_places_every_call_exactly_once(
+    sim: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmarks/create.py`` at small scale: ~10 % ambiguous faults, 5 % crashed tries, 0 duplicates."""
+    from benchmarks.create import READ_TIMEOUT, run_scenario
+
+    _set_conn(monkeypatch, sim.url, api_key, timeout=READ_TIMEOUT, max_retries=5)
+    result = run_scenario(sim, n=100, seed=3, workers=8, fault_rate=0.10, crash_rate=0.05)
+
+    assert result["duplicates"] == 0
+    assert result["calls_in_simulator"] == result["correlation_values"] == 100
+    assert result["tasks_without_a_result"] == 0
+    assert result["ambiguous_faults"] > 0
+    assert result["tasks"]["retries that adopted the earlier call"] == 5
