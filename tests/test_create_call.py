@@ -532,3 +532,12 @@ def test_load_scenario_places_every_call_exactly_once(
     assert result["tasks_without_a_result"] == 0
     assert result["ambiguous_faults"] > 0
     assert result["tasks"]["retries that adopted the earlier call"] == 5
+
+
+def test_a_rendered_agent_version_string_is_sent_as_a_number(sim: Simulator) -> None:
+    op = DialNexaCreateCallOperator(
+        task_id="place_call", phone_number=PHONE, agent_id=AGENT, agent_version_number="{{ params.version }}"
+    )
+    op.agent_version_number = "3"  # what the template renders to
+    result = op.execute(_context())
+    assert sim.record(result["call_id"])["agent_version_number"] == 3

@@ -158,6 +158,11 @@ def _run_start(context: Context) -> datetime | None:
     return next((value for value in candidates if isinstance(value, datetime)), None)
 
 
+def _whole_number(value: Any) -> Any:
+    """A rendered template is a string: ``"2"`` means version 2 (anything else is checked by the hook)."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
 def _is_template(value: object) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
@@ -203,7 +208,7 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         phone_number: str,
         agent_id: str,
         metadata: dict[str, Any] | None = None,
-        agent_version_number: int | None = None,
+        agent_version_number: int | str | None = None,
         notes: dict[str, Any] | None = None,
         mask_phone_numbers: bool = True,
         **kwargs: Any,
@@ -226,7 +231,7 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
             self.phone_number,
             self.agent_id,
             self.metadata,
-            agent_version_number=self.agent_version_number,
+            agent_version_number=_whole_number(self.agent_version_number),
             notes=self.notes,
             correlation_id=correlation,
             adopt_existing=retried,

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
@@ -80,9 +80,7 @@ DEFAULT_MIX: dict[str, float] = {
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 #: Faults answered with an error status instead of running the route (no side effect, e.g. no call created).
 ERROR_FAULTS: frozenset[str] = frozenset({"429", "500", "502_html", "503", "504"})
-ERROR_FAULTS |= {"400", "402", "403", "404", "409", "422"}
-#: Faults that let the route run (a Create Call creates the call) and then lose or delay its answer.
-LOST_FAULTS: frozenset[str] = frozenset({"reset", "lost_502", "lost_504", "lost_slow"})
+ERROR_FAULTS |= {"400", "402", "403", "404", "409", "422"}  # Create Call refusals: nothing is created either
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 LIST_MAX_LIMIT = 200
@@ -791,7 +789,7 @@ def _instant(name: str, value: str) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def reconcile_filter(query: Mapping[str, Sequence[str]]) -> Any:
+def reconcile_filter(query: Mapping[str, Sequence[str]]) -> Callable[[_Call], bool]:
     """List Calls filters ``agent_id`` (comma list) and ``start_date`` (ISO date or time), as a predicate."""
     agents = set(split_csv(query.get("agent_id")))
     start = query.get("start_date")
