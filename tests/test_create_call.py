@@ -541,3 +541,14 @@ def test_a_rendered_agent_version_string_is_sent_as_a_number(sim: Simulator) -> 
     op.agent_version_number = "3"  # what the template renders to
     result = op.execute(_context())
     assert sim.record(result["call_id"])["agent_version_number"] == 3
+
+
+def test_a_number_dialnexa_echoes_in_its_message_is_masked() -> None:
+    from airflow_provider_dialnexa.exceptions import error_for_status
+    from airflow_provider_dialnexa.hooks.dialnexa import _hide_number
+
+    body = json.dumps({"statusCode": 400, "message": f"{PHONE} is not reachable", "error": "Bad Request"}).encode()
+    error = _hide_number(error_for_status(400, body, subject="Create Call", call_id=None, conn_id="c"), PHONE)
+    assert PHONE not in str(error)
+    assert MASKED in str(error)
+    assert error.api_message == f"{MASKED} is not reachable"
