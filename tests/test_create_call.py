@@ -428,14 +428,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` (as in tests/test_operator.py)."""
+    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` and this file's test DAG."""
     from airflow import settings
     from airflow.utils import db
 
     home = tmp_path_factory.mktemp("airflow_home")
     dags = home / "dags"
     dags.mkdir()
-    for source in sorted((ROOT / "dags").glob("*.py")):
+    for source in [*sorted((ROOT / "dags").glob("*.py")), ROOT / "tests" / "dags" / "dialnexa_create_retry.py"]:
         (dags / source.name).symlink_to(source)
     env = pytest.MonkeyPatch()
     env.setenv("AIRFLOW_HOME", str(home))
@@ -552,3 +552,22 @@ def test_a_number_dialnexa_echoes_in_its_message_is_masked() -> None:
     assert PHONE not in str(error)
     assert MASKED in str(error)
     assert error.api_message == f"{MASKED} is not reachable"
+
+
+def test_a_task_failing_after_its_post_is_retried_by_airflow_and_adopts_the_call(
+    sim: Simulator, airflow_db: Path
+) -> None:
+    # Try 1 places the call and defers; the trigger's first poll is refused (403 ends a wait at once), so
+    # the try fails after its POST returned. Airflow retries at once; try 2 must find and adopt the call.
+    sim.configure(queued_s=(0, 0), ring_s=(0, 0), talk_s=(0, 0), mix={"no_answer": 1})
+    sim.add_fault(Fault(kind="403", route="get", count=1))
+
+    state, run_id, xcoms = run_dag(airflow_db, "dialnexa_create_retry", {})
+
+    assert state == "success"
+    assert _tries(run_id, "place_call") == [2]
+    assert posts(sim) == 1
+    assert sim.calls_by_metadata() == {correlation_id_for("dialnexa_create_retry", run_id, "place_call", -1): 1}
+    record = xcoms["place_call"][-1]
+    assert record["status"] == "no_answer"
+    assert record["metadata"]["lead_id"] == "L-9"
