@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import validate_phone_number
+from airflow_provider_dialnexa._http import CORRELATION_KEY, validate_phone_number
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,
@@ -225,7 +225,8 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
-        correlation = correlation_id_for(ti.dag_id, ti.run_id, ti.task_id, map_index)
+        mine = self.metadata.get(CORRELATION_KEY) if isinstance(self.metadata, dict) else None
+        correlation = mine or correlation_id_for(ti.dag_id, ti.run_id, ti.task_id, map_index)
         retried = (ti.try_number or 1) > 1
         created = self.hook.create_call(
             self.phone_number,
