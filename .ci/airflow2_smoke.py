@@ -16,7 +16,7 @@ import airflow
 
 from airflow_provider_dialnexa import get_provider_info
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator
+from airflow_provider_dialnexa.operators.dialnexa import DialNexaCreateCallOperator, DialNexaGetCallOperator
 from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
 from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 
@@ -26,6 +26,7 @@ assert DialNexaHook().settings.base_url == "http://127.0.0.1:9"
 assert DialNexaHook.get_ui_field_behaviour()["relabeling"]["password"] == "API Key"
 sensor = DialNexaCallSensor(task_id="wait", call_id="call_x9y3zp4mq7r1", deferrable=True)
 DialNexaGetCallOperator(task_id="fetch", call_id="call_x9y3zp4mq7r1")
+DialNexaCreateCallOperator(task_id="place", phone_number="+14155550101", agent_id="agent_2g7Xy3tY53gRlp")
 classpath, kwargs = DialNexaCallTrigger(call_id="call_x9y3zp4mq7r1", end_time=1.0).serialize()
 assert DialNexaCallTrigger(**kwargs).serialize() == (classpath, kwargs)
 print(f"Airflow {airflow.__version__}: airflow-provider-dialnexa imports and constructs: ok")

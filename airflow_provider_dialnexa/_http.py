@@ -8,6 +8,7 @@ and ``httpx`` differ only in how bytes cross the network.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from urllib.parse import quote, urlsplit
 
 from airflow_provider_dialnexa import __version__
 from airflow_provider_dialnexa.exceptions import (
+    DialNexaBadRequestError,
     DialNexaConfigError,
     DialNexaMalformedResponseError,
     InvalidCallIdError,
+    InvalidPhoneNumberError,
     describe,
     error_for_status,
 )
@@ -28,6 +31,7 @@ from airflow_provider_dialnexa.policy import (
     DEFAULT_TIMEOUT,
     parse_retry_after,
 )
+from airflow_provider_dialnexa.records import mask_phone_number
 
 DEFAULT_BASE_URL = "https://api.dialnexa.com"
 USER_AGENT = f"airflow-provider-dialnexa/{__version__}"
@@ -217,8 +221,9 @@ def interpret(
     subject: str,
     call_id: str | None,
     settings: ConnectionSettings,
+    hints: Mapping[int, str] | None = None,
 ) -> Any:
-    """Parsed JSON of a 2xx response, or raise the typed error for this response."""
+    """Parsed JSON of a 2xx response, or raise the typed error for this response (``hints`` by status)."""
     if status_code >= 300:
         raise error_for_status(
             status_code,
@@ -228,6 +233,7 @@ def interpret(
             conn_id=settings.conn_id,
             secrets=(settings.api_key,),
             retry_after=parse_retry_after(headers.get("retry-after")),
+            hint=(hints or {}).get(status_code),
         )
     try:
         return json.loads(body)
@@ -286,3 +292,109 @@ def as_call_list(data: Any, *, settings: ConnectionSettings) -> tuple[list[dict[
 def call_id_query(call_ids: Iterable[str], limit: int) -> dict[str, str]:
     """Query parameters of one List Calls request for these ids."""
     return {"call_id": ",".join(call_ids), "limit": str(limit), "page": "1"}
+
+
+# -- Create Call ----------------------------------------------------------------------------------------
+
+#: The ``metadata`` key that carries a call's correlation value (DialNexa has no idempotency header; its
+#: guidance is a stable correlation value in ``metadata``, reconciled through List Calls after a failure).
+CORRELATION_KEY = "airflow_correlation_id"
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+
+
+def validate_phone_number(phone_number: object) -> str:
+    """Return ``phone_number`` if it is E.164 (``+``, 8 to 15 digits, the first not 0), else raise.
+
+    The one check for every phone number this provider sends; the error shows the number masked.
+    """
+    if not isinstance(phone_number, str):
+        raise InvalidPhoneNumberError(
+            f"DialNexa phone_number must be a string in E.164 form (e.g. '+919876543210'), "
+            f"got {type(phone_number).__name__}; check the task's phone_number argument or the template that fills it"
+        )
+    number = phone_number.strip()
+    if not _E164.fullmatch(number):
+        shown = mask_phone_number(number) if number else "''"
+        raise InvalidPhoneNumberError(
+            f"DialNexa phone_number {shown} is not E.164: write it as '+', the country code and the number, "
+            "8 to 15 digits with no spaces or punctuation (e.g. '+919876543210')"
+        )
+    return number
+
+
+def validate_agent_id(agent_id: object) -> str:
+    """Return ``agent_id`` if it can be a DialNexa agent id (a non-empty string without spaces or controls)."""
+    if (
+        not isinstance(agent_id, str)
+        or not agent_id
+        or len(agent_id) > MAX_CALL_ID_LENGTH
+        or any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in agent_id)
+        or agent_id.lower() in _MISSING_VALUES
+    ):
+        raise DialNexaBadRequestError(
+            f"DialNexa agent_id {agent_id!r:.60} is not an agent id; pass it exactly as DialNexa shows it "
+            "(e.g. 'agent_2g7Xy3tY53gRlp')"
+        )
+    return agent_id
+
+
+def create_call_body(
+    phone_number: str,
+    agent_id: str,
+    metadata: Mapping[str, Any] | None,
+    correlation_id: str,
+    agent_version_number: int | None = None,
+    notes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/calls``, with the correlation value added to (a copy of) ``metadata``."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise DialNexaBadRequestError(f"DialNexa metadata must be a JSON object (dict), got {type(metadata).__name__}")
+    if notes is not None and not isinstance(notes, Mapping):
+        raise DialNexaBadRequestError(f"DialNexa notes must be a JSON object (dict), got {type(notes).__name__}")
+    if agent_version_number is not None and (
+        isinstance(agent_version_number, bool) or not isinstance(agent_version_number, int) or agent_version_number < 1
+    ):
+        raise DialNexaBadRequestError(
+            f"DialNexa agent_version_number must be a positive whole number, got {agent_version_number!r:.40}"
+        )
+    body: dict[str, Any] = {
+        "phone_number": phone_number,
+        "agent_id": agent_id,
+        "metadata": {**(metadata or {}), CORRELATION_KEY: correlation_id},
+    }
+    if agent_version_number is not None:
+        body["agent_version_number"] = agent_version_number
+    if notes is not None:
+        body["notes"] = dict(notes)
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError) as exc:
+        raise DialNexaBadRequestError(f"DialNexa metadata/notes must be JSON-serialisable: {exc}") from None
+    return body
+
+
+def as_created_call(data: Any, *, settings: ConnectionSettings) -> dict[str, Any]:
+    """A Create Call 201 body (an object with an ``id``), else ``DialNexaMalformedResponseError``."""
+    if not isinstance(data, dict) or not data.get("id") or not isinstance(data["id"], str):
+        raise DialNexaMalformedResponseError(
+            f"{describe('Create Call', settings.conn_id)}: HTTP 2xx without a call id. "
+            f"{DialNexaMalformedResponseError.hint}",
+            conn_id=settings.conn_id,
+        )
+    return data
+
+
+def phone_digits(value: object) -> str:
+    """The digits of a phone number (DialNexa writes some with ``+``, webhooks without)."""
+    return "".join(ch for ch in str(value or "") if ch.isdigit())
+
+
+def record_metadata(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A record's ``metadata`` object (also when sent as a JSON string); None when the record has none."""
+    value = record.get("metadata")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, Mapping) else None

@@ -57,6 +57,12 @@ class InvalidCallIdError(DialNexaError, ValueError):
     kind = "bad_request"
 
 
+class InvalidPhoneNumberError(DialNexaError, ValueError):
+    """A phone number that is not E.164 (``+`` and 8 to 15 digits, the first not 0): never sent."""
+
+    kind = "bad_request"
+
+
 class DialNexaBadRequestError(DialNexaError):
     """400 (and other 4xx DialNexa documents as final: 402, 409, 422)."""
 
@@ -130,6 +136,18 @@ class DialNexaWaitTimeoutError(DialNexaError):
     kind = "timeout"
 
 
+class DialNexaUnconfirmedCallError(DialNexaServerError):
+    """A Create Call whose outcome is unknown: DialNexa may have placed the call, and no lookup could tell.
+
+    Retryable: a retry of the task looks for the call (by its correlation value) before placing another.
+    """
+
+    hint = (
+        "A retry of this task looks for the call before placing another; do not place it by hand without "
+        "first checking List Calls for this correlation value."
+    )
+
+
 #: Event ``kind`` -> exception class, for turning trigger events back into typed errors.
 ERROR_KINDS: dict[str, type[DialNexaError]] = {
     cls.kind: cls
@@ -154,6 +172,17 @@ _BY_STATUS: dict[int, type[DialNexaError]] = {
     403: DialNexaPermissionError,
     404: DialNexaNotFoundError,
     429: DialNexaRateLimitError,
+}
+
+
+#: Hints for a refused Create Call, by HTTP status (the class hints speak about reading a call).
+CREATE_CALL_HINTS: dict[int, str] = {
+    400: "Check phone_number (E.164, e.g. +919876543210), agent_id, agent_version_number and metadata.",
+    402: "Top up the DialNexa billing wallet of the workspace; nothing was placed.",
+    403: "The destination country/prefix is not enabled for the workspace, KYC is pending, or the key lacks access.",
+    404: "Check agent_id: the agent (or the caller number) does not exist in this organization.",
+    409: "The request conflicts with the current state of the agent or workspace.",
+    422: "DialNexa could not process the request as sent; check the arguments.",
 }
 
 
@@ -194,8 +223,12 @@ def error_for_status(
     conn_id: str | None,
     secrets: Iterable[str] = (),
     retry_after: float | None = None,
+    hint: str | None = None,
 ) -> DialNexaError:
-    """Map a non-2xx response to its typed error (the one mapping sync and async paths share)."""
+    """Map a non-2xx response to its typed error (the one mapping sync and async paths share).
+
+    ``hint`` replaces the class's hint when the request was not about reading a call (e.g. Create Call).
+    """
     if status_code in _BY_STATUS:
         cls = _BY_STATUS[status_code]
     elif status_code >= 500:
@@ -211,8 +244,9 @@ def error_for_status(
     text = f"{describe(subject, conn_id)}: HTTP {status_code} {reason}"
     if detail:
         text += f": {detail}"
-    if cls.hint:
-        text += f". {cls.hint}"
+    hint = hint or cls.hint
+    if hint:
+        text += f". {hint}"
     return cls(
         text,
         call_id=call_id,

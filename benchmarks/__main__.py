@@ -28,6 +28,7 @@ from typing import IO, Any
 import psutil
 
 from airflow_provider_dialnexa.simulator import DEFAULT_API_KEY, SimulatorProcess
+from benchmarks import create as create_bench
 from benchmarks.load import CONN_OURS, CONN_PEER, PREFIX
 
 
@@ -89,6 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7, help="seed of the calls and the wait start times")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the triggerer uses asyncio")
     parser.add_argument("--profile-hook", action="store_true", help="profile the hook even if within target")
+    parser.add_argument("--creates", type=int, help="mapped Create Calls under faults (default: --n; 0 = skip)")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in args.modes if m not in MODES]
@@ -493,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: dict[str, dict[str, Any]] = {}
     hook: dict[str, Any] | None = None
+    create: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="dialnexa_bench_") as tmp, SimulatorProcess(seed=args.seed) as sim:
         children = {
             name: Child("benchmarks.load", connection_env(sim.url, MODES[name]), Path(tmp)) for name in args.modes
@@ -515,6 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hook_child is not None:
                 print("running hook overhead ...", flush=True)
                 hook = run_hook_overhead(hook_child, sim, args)
+            creates = args.n if args.creates is None else args.creates
+            if creates > 0:
+                print(f"running create: {creates} mapped Create Calls under faults ...", flush=True)
+                create = create_bench.run_child(sim.url, creates, args.seed)
         finally:
             for child in [*children.values(), hook_child]:
                 if child is not None:
@@ -525,17 +532,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hook is not None:
         print()
         print(hook_lines(hook))
+    if create is not None:
+        print(f"\n{create['n']} mapped Create Calls under faults:\n{create_bench.report(create)}")
     report = {
         "machine": info,
         "args": vars(args),
         "modes": results,
         "ratios_vs_peer": comparison,
         "hook_overhead": hook,
+        "create": create,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(clean(report), indent=2, allow_nan=False) + "\n")
     print(f"\nwrote {args.json}")
-    return 0 if all(r["correct"] == r["n"] for r in results.values()) else 1
+    exactly_once = create is None or (create["duplicates"] == 0 and create["leads_without_a_call"] == 0)
+    return 0 if exactly_once and all(r["correct"] == r["n"] for r in results.values()) else 1
 
 
 if __name__ == "__main__":

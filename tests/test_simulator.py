@@ -355,13 +355,15 @@ def _check_fault(kind: str, response: requests.Response) -> None:
             response.json()
     elif kind == "not_object":
         assert isinstance(response.json(), list)
-    elif kind in ("no_id", "no_status"):
+    elif kind in ("no_id", "no_status", "no_metadata"):
         assert kind[3:] not in response.json()
         assert "agent_id" in response.json()
     elif kind == "object_id":
         assert isinstance(response.json()["id"], dict)
+    elif kind in ("lost_502", "lost_504") or kind.isdigit():  # Create Call faults, on Get Call here
+        assert response.status_code == {"lost_502": 502, "lost_504": 504}.get(kind) or int(kind)
     else:
-        assert kind == "slow"
+        assert kind in ("slow", "lost_slow")
         assert response.json()["status"] == "completed"
 
 

@@ -1,15 +1,20 @@
-"""DialNexaGetCallOperator: fetch a DialNexa call record into XCom, optionally waiting for the call to end."""
+"""DialNexaGetCallOperator: fetch a DialNexa call record into XCom, optionally waiting for the call to end.
+
+DialNexaCreateCallOperator: place a call at most once per task instance, optionally waiting for it to end.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_dialnexa import status as call_status
+from airflow_provider_dialnexa._http import CORRELATION_KEY, validate_phone_number
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,
@@ -21,7 +26,7 @@ from airflow_provider_dialnexa._wait import (
 from airflow_provider_dialnexa.exceptions import DialNexaWaitTimeoutError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
-from airflow_provider_dialnexa.records import field_names, shape_record
+from airflow_provider_dialnexa.records import field_names, mask_phone_number, shape_record
 from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
 if TYPE_CHECKING:
@@ -138,3 +143,125 @@ class DialNexaGetCallOperator(BaseOperator):
                     sorted(record),
                 )
         return shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
+
+
+def correlation_id_for(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """The correlation value of one task instance: the same for every try and re-run of it, unique otherwise."""
+    key = "\x1f".join((dag_id, run_id, task_id, str(map_index)))
+    return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _run_start(context: Context) -> datetime | None:
+    """When the DAG run could start at the earliest: no try of its tasks placed a call before that."""
+    dag_run = context.get("dag_run")
+    candidates = (getattr(dag_run, "run_after", None), context.get("data_interval_end"), context.get("logical_date"))
+    return next((value for value in candidates if isinstance(value, datetime)), None)
+
+
+def _whole_number(value: Any) -> Any:
+    """A rendered template is a string: ``"2"`` means version 2 (anything else is checked by the hook)."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+def _is_template(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+class DialNexaCreateCallOperator(DialNexaGetCallOperator):
+    """Place one outbound call (``POST /v1/calls``) at most once per task instance; return its id and status.
+
+    The call's ``metadata`` carries the task instance's correlation value under
+    ``airflow_correlation_id`` (a hash of DAG id, run id, task id and map index, so it is the same for
+    every try of the task; set the key in ``metadata`` yourself to choose another). The hook never
+    re-sends a POST that may have reached DialNexa without first finding out, through List Calls, that no
+    call carries the value; and a retried task (try 2 and later) first looks for the call an earlier try
+    placed and adopts it. Returns ``{"call_id": ..., "status": ...}`` (status as DialNexa answered, if it
+    did), or with ``wait_for_completion=True`` defers like ``DialNexaGetCallOperator`` and returns the
+    finished record shaped by ``include_fields``/``exclude_fields``/``mask_phone_numbers``.
+
+    :param phone_number: Number to call, E.164 (``+919876543210``; templated). Checked at parse time when
+        literal, else before any request.
+    :param agent_id: DialNexa agent id (templated).
+    :param metadata: JSON object stored on the call and available to the agent (templated).
+    :param agent_version_number: Published agent version (templated; default: the latest published).
+    :param notes: JSON object stored on the call log, at most 15 top-level keys (templated).
+    :param mask_phone_numbers: Mask phone numbers of the returned record (default True here).
+
+    Every other argument is ``DialNexaGetCallOperator``'s (waiting, field shaping, ``failure_statuses``).
+    Works with ``.partial(...).expand_kwargs([...])`` to place one call per lead.
+    """
+
+    template_fields: Sequence[str] = (
+        "phone_number",
+        "agent_id",
+        "metadata",
+        "agent_version_number",
+        "notes",
+        "dialnexa_conn_id",
+    )
+    template_fields_renderers = {"metadata": "json", "notes": "json"}
+    ui_color = "#dcfce7"
+
+    def __init__(
+        self,
+        *,
+        phone_number: str,
+        agent_id: str,
+        metadata: dict[str, Any] | None = None,
+        agent_version_number: int | str | None = None,
+        notes: dict[str, Any] | None = None,
+        mask_phone_numbers: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(call_id="", mask_phone_numbers=mask_phone_numbers, **kwargs)
+        if not _is_template(phone_number):
+            validate_phone_number(phone_number)  # a literal typo fails the DAG at parse time
+        self.phone_number = phone_number
+        self.agent_id = agent_id
+        self.metadata = metadata
+        self.agent_version_number = agent_version_number
+        self.notes = notes
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        map_index = ti.map_index if ti.map_index is not None else -1
+        mine = self.metadata.get(CORRELATION_KEY) if isinstance(self.metadata, dict) else None
+        correlation = mine or correlation_id_for(ti.dag_id, ti.run_id, ti.task_id, map_index)
+        retried = (ti.try_number or 1) > 1
+        created = self.hook.create_call(
+            self.phone_number,
+            self.agent_id,
+            self.metadata,
+            agent_version_number=_whole_number(self.agent_version_number),
+            notes=self.notes,
+            correlation_id=correlation,
+            adopt_existing=retried,
+            placed_after=_run_start(context),
+        )
+        self.call_id = str(created["id"])
+        raw = created.get("status")
+        self.log.info(
+            "DialNexa call %r to %s (correlation %r): status %r",
+            self.call_id,
+            mask_phone_number(self.phone_number),
+            correlation,
+            raw,
+        )
+        if not self.wait_for_completion:
+            return {"call_id": self.call_id, "status": None if raw is None else call_status.normalise(raw)}
+        if call_status.is_terminal(raw):  # adopted a call that has already ended
+            return self._result(self.hook.get_call(self.call_id))
+        self.defer(**deferral(self, self.poll_interval), kwargs={"call_id": self.call_id})
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, call_id: str = ""
+    ) -> dict[str, Any]:
+        """Resume after the trigger with the placed call's id.
+
+        The id travels in the deferral's kwargs; ``dag.test()`` (Airflow 3.3) hands back only the event, so
+        then it is read from the event, which always names its call.
+        """
+        if not call_id and isinstance(event, dict) and isinstance(event.get("call_id"), str):
+            call_id = event["call_id"]
+        self.call_id = call_id
+        return super().execute_complete(context, event)

@@ -78,8 +78,32 @@ def _fault_reply(fault: Fault) -> Reply:
         return Reply(502, _HTML_502, HTML)
     status = int(fault.kind)
     retry = ((b"retry-after", fault.retry_after.encode("latin-1")),) if fault.retry_after is not None else ()
-    messages = {429: "ThrottlerException: Too Many Requests", 500: "Internal server error"}
+    messages = {429: "ThrottlerException: Too Many Requests", 500: "Internal server error", **CREATE_REFUSALS}
     return _error(status, messages.get(status, HTTPStatus(status).phrase), retry if status in (429, 503) else ())
+
+
+#: DialNexa's documented Create Call refusals (OpenAPI ``createCall`` examples).
+CREATE_REFUSALS: dict[int, str] = {
+    400: "phone_number must be a valid E.164 phone number",
+    402: "Insufficient billing wallet balance",
+    403: "Destination country or network prefix is not enabled for this workspace",
+    404: "Agent or phone number not found",
+}
+
+
+async def _lose(fault: Fault, reply: Reply) -> tuple[Reply, bool] | None:
+    """The answer of a ``lost_*`` fault after the route ran (the call exists): a 502/504, or a late reply."""
+    if fault.kind == "lost_502":
+        return Reply(502, _HTML_502, HTML), False
+    if fault.kind == "lost_504":
+        return _error(504, "Gateway Timeout"), False
+    if fault.kind == "lost_slow":
+        try:
+            await asyncio.sleep(fault.delay_s)  # the client gave up long ago; the call was placed anyway
+        except asyncio.CancelledError:
+            raise SimulatedReset("shutdown during a simulated delay") from None
+        return reply, False
+    return None
 
 
 def _mangle(kind: str, route: str, status: int, payload: Any) -> Reply | None:
@@ -88,7 +112,7 @@ def _mangle(kind: str, route: str, status: int, payload: Any) -> Reply | None:
         return Reply(200, _HTML_200, HTML)
     if kind == "not_object":
         return Reply(status, dumps("Service temporarily degraded" if route == "list" else [payload]))
-    if kind in ("no_id", "no_status"):
+    if kind in ("no_id", "no_status", "no_metadata"):
         for item in payload if isinstance(payload, list) else payload.get("data", [payload]):
             item.pop(kind[3:], None)
         return Reply(status, dumps(payload))
@@ -185,6 +209,8 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
                 return 200, state.configure(**body)
             case "GET", ["stats"]:
                 return 200, state.stats()
+            case "GET", ["correlations"]:
+                return 200, state.calls_by_metadata(_first(query, "key") or "airflow_correlation_id")
             case "GET", ["requests"]:
                 return 200, {"requests": state.requests(_first(query, "call_id"), _first(query, "route"))}
             case "POST", ["reset"]:
@@ -278,6 +304,8 @@ class SimulatorApp:
             mangled = _mangle(fault.kind, route, status, payload)
             if mangled is not None:
                 return mangled, False
+        if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)))) is not None:
+            return lost
         return Reply(status, dumps(payload)), fault is not None and fault.kind == "reset"
 
     async def _control(self, scope: Scope, body: bytes, send: Send) -> None:

@@ -168,6 +168,10 @@ class SimulatorControls:
         """How many Get Call requests named ``call_id`` since the last reset."""
         return int(self.stats()["get_by_call"].get(call_id, 0))
 
+    def calls_by_metadata(self, key: str = "airflow_correlation_id") -> dict[str, int]:
+        """Calls per value of ``metadata[key]`` (default: the provider's correlation key); >1 is a duplicate."""
+        return {str(k): int(v) for k, v in self._control("GET", "/_sim/correlations", query={"key": key}).items()}
+
     def reset(self, seed: int | None = None) -> None:
         """Forget calls, faults, counters and log and restore the config (see :meth:`SimState.reset`)."""
         self._control("POST", "/_sim/reset", {"seed": seed})

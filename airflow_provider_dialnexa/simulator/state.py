@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
@@ -37,6 +37,18 @@ FaultKind = Literal[
     "object_id",
     "no_status",
     "html_200",
+    # Create Call: the call is created, then the answer is lost (502 page, 504, held past the client's timeout).
+    "lost_502",
+    "lost_504",
+    "lost_slow",
+    # Create Call refusals DialNexa documents (nothing is created), and a list view without ``metadata``.
+    "400",
+    "402",
+    "403",
+    "404",
+    "409",
+    "422",
+    "no_metadata",
 ]
 
 DEFAULT_API_KEY = "sim_key:sim_secret"
@@ -69,6 +81,7 @@ DEFAULT_MIX: dict[str, float] = {
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 #: Faults answered with an error status instead of running the route (no side effect, e.g. no call created).
 ERROR_FAULTS: frozenset[str] = frozenset({"429", "500", "502_html", "503", "504"})
+ERROR_FAULTS |= {"400", "402", "403", "404", "409", "422"}  # Create Call refusals: nothing is created either
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 LIST_MAX_LIMIT = 200
@@ -534,6 +547,12 @@ class SimState:
         with self._lock:
             return self._get_by_call[call_id]
 
+    def calls_by_metadata(self, key: str) -> dict[str, int]:
+        """How many calls carry each value of ``metadata[key]`` (a correlation value): >1 is a duplicate."""
+        with self._lock:
+            counts = Counter(str(c.metadata[key]) for c in self._calls.values() if key in c.metadata)
+        return dict(counts)
+
     def requests(self, call_id: str | None = None, route: str | None = None) -> list[LogEntry]:
         """The request log, optionally only entries naming ``call_id`` and/or on ``route``."""
         with self._lock:
@@ -633,6 +652,7 @@ class SimState:
             limit = min(limit, ENVELOPE_MAX_LIMIT)
         ids = split_csv(query.get("call_id"))
         wanted = {normalise(s) for s in split_csv(query.get("status"))}
+        keep = reconcile_filter(query)
         with self._lock:
             calls: Iterable[_Call]
             if ids:
@@ -640,6 +660,7 @@ class SimState:
                 calls = sorted(found.values(), key=lambda c: c.seq, reverse=True)
             else:
                 calls = reversed(self._calls.values())
+            calls = (c for c in calls if keep(c))  # the filters a Create Call reconcile uses
             matches = (
                 c
                 for c in calls
@@ -758,3 +779,24 @@ class SimState:
             "analysis" if camel else "post_call_analysis": analysis,
             "metadata": call.metadata,
         }
+
+
+def _instant(name: str, value: str) -> float:
+    """Epoch seconds of an ISO-8601 date or timestamp (naive = UTC); ``ApiError`` 400 if it is neither."""
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, [f"{name} must be a valid ISO 8601 date string"]) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def reconcile_filter(query: Mapping[str, Sequence[str]]) -> Callable[[_Call], bool]:
+    """List Calls filters ``agent_id`` (comma list) and ``start_date`` (ISO date or time), as a predicate."""
+    agents = set(split_csv(query.get("agent_id")))
+    start = query.get("start_date")
+    since = _instant("start_date", start[-1]) if start and start[-1] else None
+
+    def keep(call: _Call) -> bool:
+        return (not agents or call.agent_id in agents) and (since is None or call.plan.created_at >= since)
+
+    return keep
