@@ -4,16 +4,20 @@ trigger, against the embedded simulator over real sockets; the deferral runs thr
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_provider_dialnexa.exceptions import DialNexaMalformedResponseError
+from airflow_provider_dialnexa.exceptions import DialNexaConfigError, DialNexaMalformedResponseError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.operators.dialnexa import DialNexaExportCallsOperator
 from airflow_provider_dialnexa.simulator import Simulator
 
 CONN_ID = "dialnexa_export"
@@ -206,3 +210,125 @@ def test_the_status_counts_match_the_population(sim: Simulator, hook: DialNexaHo
     counts = Counter(r["status"] for r in hook.iter_calls(T0, T0 + timedelta(hours=1)))
     assert set(counts) == {"completed", "busy"}
     assert sum(counts.values()) == 100
+
+
+# -- the operator ---------------------------------------------------------------------------------------
+
+WINDOW = {"window_start": T0.isoformat(), "window_end": (T0 + timedelta(hours=1)).isoformat()}
+
+
+def export_op(destination: Any, **kwargs: Any) -> DialNexaExportCallsOperator:
+    kwargs.setdefault("task_id", "export")
+    for name, value in WINDOW.items():
+        kwargs.setdefault(name, value)
+    return DialNexaExportCallsOperator(destination=str(destination), dialnexa_conn_id=CONN_ID, **kwargs)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def test_exports_the_window_to_jsonl_and_returns_a_small_summary(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 250, mix={"completed": 3, "busy": 1})
+    seed(sim, 20, start=T0 + timedelta(hours=1))
+    target = tmp_path / "out" / "calls.jsonl"  # the folder does not exist yet
+    result = export_op(target).execute({})
+    records = read_jsonl(target)
+    assert len(records) == 250
+    assert [created(r) for r in records] == sorted(created(r) for r in records)
+    assert result == {
+        "path": str(target),
+        "calls": 250,
+        "statuses": dict(Counter(r["status"] for r in records)),
+        "window_start": "2026-10-05T09:00:00.000Z",
+        "window_end": "2026-10-05T10:00:00.000Z",
+    }
+    assert any(r.get("transcript") for r in records)
+    assert os.listdir(target.parent) == ["calls.jsonl"]  # no temporary object left behind
+
+
+def test_window_defaults_to_the_data_interval(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 10)
+    seed(sim, 10, start=T0 + timedelta(hours=1))
+    target = tmp_path / "calls.jsonl"
+    context: Any = {"data_interval_start": T0, "data_interval_end": T0 + timedelta(hours=1)}
+    op = DialNexaExportCallsOperator(task_id="export", destination=str(target), dialnexa_conn_id=CONN_ID)
+    assert op.execute(context)["calls"] == 10
+    with pytest.raises(ValueError, match="no window_start"):
+        op.execute({"data_interval_start": None, "data_interval_end": None})  # type: ignore[arg-type]
+
+
+def test_gzip_shaping_and_an_identical_rerun(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 120)
+    target = tmp_path / "calls.jsonl.gz"
+    op = export_op(target, exclude_fields=["transcript", "summary"], mask_phone_numbers=True)
+    first = op.execute({})
+    content = target.read_bytes()
+    records = read_jsonl(target)
+    assert len(records) == first["calls"] == 120
+    assert not any("transcript" in r or "summary" in r for r in records)
+    assert all(r["to_number"].count("*") >= 3 for r in records)
+    assert op.execute({}) == first
+    assert target.read_bytes() == content  # same calls, same bytes (gzip header has no timestamp)
+    assert sorted(os.listdir(tmp_path)) == ["calls.jsonl.gz"]
+    only = read_jsonl(_export_to(tmp_path / "ids.jsonl", include_fields=["id", "status"]))
+    assert {tuple(sorted(r)) for r in only} == {("id", "status")}
+
+
+def _export_to(target: Path, **kwargs: Any) -> Path:
+    export_op(target, **kwargs).execute({})
+    return target
+
+
+def test_a_run_failing_mid_way_leaves_the_previous_file_untouched(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 450)
+    target = tmp_path / "calls.jsonl"
+    target.write_text('{"id": "call_previous_run"}\n')
+    sim.configure(list_ignores=["page"])  # page 2 repeats page 1: the hook stops with an error mid-way
+    with pytest.raises(DialNexaMalformedResponseError):
+        export_op(target).execute({})
+    assert list_requests(sim) == 2  # it did write the first page before failing
+    assert target.read_text() == '{"id": "call_previous_run"}\n'
+    assert os.listdir(tmp_path) == ["calls.jsonl"]
+
+
+def test_an_unwritable_destination_fails_before_any_request(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 5)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(DialNexaConfigError, match="cannot write next to destination"):
+        export_op(blocker / "calls.jsonl").execute({})
+    assert sim.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window_start": "2026-10-05T10:00:00Z", "window_end": "2026-10-05T09:00:00Z"}, "must be after its start"),
+        ({"filters": {"agentid": "a"}}, "unknown List Calls filter 'agentid'"),
+        ({"filters": {"start_date": "2026-10-05"}}, "window_start/window_end"),
+        ({"on_timeout": "skip"}, "on_timeout must be one of"),
+        ({"include_fields": ["id"], "exclude_fields": ["transcript"]}, "not both"),
+        ({"page_size": 500}, "page_size"),
+    ],
+)
+def test_bad_arguments_fail_at_parse_time(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        export_op(tmp_path / "calls.jsonl", **kwargs)
+
+
+def test_a_templated_window_is_checked_before_any_request(sim: Simulator, tmp_path: Path) -> None:
+    op = export_op(tmp_path / "c.jsonl", window_start="{{ params.a }}", window_end="{{ params.b }}")
+    op.window_start, op.window_end = "2026-10-05T10:00:00Z", "2026-10-05T10:00:00Z"  # as rendered
+    with pytest.raises(ValueError, match="must be after its start"):
+        op.execute({})
+    assert sim.stats()["requests"] == 0
+
+
+def test_a_fixed_destination_is_the_tasks_outlet_asset(tmp_path: Path) -> None:
+    op = export_op(tmp_path / "calls.jsonl")
+    assert [getattr(a, "uri", None) for a in op.outlets] == [f"file://{tmp_path / 'calls.jsonl'}"]
+    assert export_op("s3://bucket/calls/{{ ds }}.jsonl").outlets == []

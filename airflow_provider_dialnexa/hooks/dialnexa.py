@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
@@ -393,7 +393,7 @@ class DialNexaHook(BaseHook):
         *,
         page_size: int = MAX_LIST_LIMIT,
         **filters: Any,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Async ``iter_calls`` for triggers: same paging, window and errors, shared client, no blocking I/O."""
         settings = await self.asettings()
         pager = self._window_pager(start_date, end_date, page_size, filters, settings)
