@@ -4,22 +4,37 @@ trigger, against the embedded simulator over real sockets; the deferral runs thr
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.sdk import TaskDeferred
+from structlog.testing import capture_logs
 
-from airflow_provider_dialnexa.exceptions import DialNexaConfigError, DialNexaMalformedResponseError
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa import status as call_status
+from airflow_provider_dialnexa._http import as_utc, iso_utc
+from airflow_provider_dialnexa.exceptions import (
+    DialNexaAuthError,
+    DialNexaConfigError,
+    DialNexaError,
+    DialNexaMalformedResponseError,
+    DialNexaWaitTimeoutError,
+)
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaExportCallsOperator
 from airflow_provider_dialnexa.simulator import Simulator
+from airflow_provider_dialnexa.triggers.dialnexa import DialNexaWindowTrigger
 
+ROOT = Path(__file__).resolve().parents[1]
 CONN_ID = "dialnexa_export"
 HOUR = 3600.0
 #: A fixed past hour the seeded calls live in (well before "now", so every seeded call has ended).
@@ -332,3 +347,231 @@ def test_a_fixed_destination_is_the_tasks_outlet_asset(tmp_path: Path) -> None:
     op = export_op(tmp_path / "calls.jsonl")
     assert [getattr(a, "uri", None) for a in op.outlets] == [f"file://{tmp_path / 'calls.jsonl'}"]
     assert export_op("s3://bucket/calls/{{ ds }}.jsonl").outlets == []
+
+
+# -- waiting for running calls: the window trigger ------------------------------------------------------
+
+
+def running_call(sim: Simulator) -> str:
+    """A call that rings for an hour (``initiated``) until a test ends it with ``set_status``."""
+    return sim.create_call(outcome="completed", queued_s=0, ring_s=3600, talk_s=0)
+
+
+def live_window() -> dict[str, str]:
+    now = datetime.now(UTC)
+    return {
+        "window_start": (now - timedelta(hours=1)).isoformat(),
+        "window_end": (now + timedelta(hours=1)).isoformat(),
+    }
+
+
+def deferred_trigger(op: DialNexaExportCallsOperator) -> DialNexaWindowTrigger:
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, DialNexaWindowTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    return trigger
+
+
+async def _first_event(trigger: DialNexaWindowTrigger, sim: Simulator, then: Callable[[], None] | None) -> Any:
+    """Run the trigger to its event; ``then`` runs once the trigger has sent its first List Calls request."""
+    before = list_requests(sim)
+    pending = asyncio.ensure_future(anext(trigger.run()))
+    try:
+        if then is not None:
+            while list_requests(sim) == before and not pending.done():
+                await asyncio.sleep(0.02)  # waits on an observable event (a request), not on a time margin
+            then()
+        return (await pending).payload
+    finally:
+        await close_async_clients()
+
+
+def run_trigger(trigger: DialNexaWindowTrigger, sim: Simulator, then: Callable[[], None] | None = None) -> Any:
+    _, kwargs = trigger.serialize()
+    assert json.loads(json.dumps(kwargs)) == kwargs  # primitives only: survives serde
+    rebuilt = DialNexaWindowTrigger(**kwargs)
+    return asyncio.run(_first_event(rebuilt, sim, then))
+
+
+def test_running_calls_defer_with_nothing_written(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 30, start=datetime.now(UTC) - timedelta(minutes=50), hours=0.5)
+    running_call(sim)
+    target = tmp_path / "calls.jsonl"
+    trigger = deferred_trigger(export_op(target, **live_window(), filters={"call_direction": ["outbound", "inbound"]}))
+    _, kwargs = trigger.serialize()
+    assert kwargs["filters"] == {"call_direction": ["outbound", "inbound"]}
+    assert kwargs["mode"] == "status"
+    assert kwargs["end_time"] > time.time()
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_trigger_polls_the_running_status_and_the_task_then_exports(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 30, start=datetime.now(UTC) - timedelta(minutes=50), hours=0.5)
+    call_id = running_call(sim)
+    target = tmp_path / "calls.jsonl"
+    op = export_op(target, **live_window(), poll_interval=1, max_poll_interval=1)
+    trigger = deferred_trigger(op)
+    first_list = list_requests(sim)
+
+    event = run_trigger(trigger, sim, then=lambda: sim.set_status(call_id, "completed"))
+
+    assert event["event"] == "success"
+    assert event["mode"] == "status"
+    polls = list_requests(sim) - first_list
+    assert polls == event["polls"]  # one small request per poll, however many calls the window holds
+    result = op.execute_complete({}, event)
+    assert result["calls"] == 31
+    assert set(result["statuses"]) <= {
+        "completed",
+        "busy",
+        "no_answer",
+        "failed",
+        "did_not_pick",
+        "voicemail",
+        "cancelled",
+    }
+    assert call_id in {r["id"] for r in read_jsonl(target)}
+
+
+def test_a_server_ignoring_the_status_filter_falls_back_to_polling_by_id(sim: Simulator, tmp_path: Path) -> None:
+    sim.configure(list_ignores=["status"])
+    seed(sim, 30, start=datetime.now(UTC) - timedelta(minutes=50), hours=0.5)  # ended calls come first
+    call_id = running_call(sim)
+    trigger = deferred_trigger(export_op(tmp_path / "c.jsonl", **live_window(), poll_interval=1, max_poll_interval=1))
+    with capture_logs() as logs:
+        event = run_trigger(trigger, sim, then=lambda: sim.set_status(call_id, "busy"))
+    assert event["event"] == "success"
+    assert event["mode"] == "per_call"
+    assert any("does not apply the status filter" in str(e.get("event")) for e in logs)
+    by_id = [e for e in sim.requests(route="list") if e.call_ids == (call_id,)]
+    assert by_id  # the running call was polled by id (batched List Calls), not by re-listing the window
+
+
+def test_success_while_a_call_still_runs_waits_again_by_id(sim: Simulator, tmp_path: Path) -> None:
+    running_call(sim)
+    window = live_window()
+    op = export_op(tmp_path / "c.jsonl", **window)
+    event = {"event": "success", **_iso(window), "end_time": time.time() + 600, "mode": "status"}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute_complete({}, event)
+    assert deferred.value.trigger.serialize()[1]["mode"] == "per_call"
+    assert deferred.value.trigger.serialize()[1]["end_time"] == event["end_time"]  # the same deadline
+
+
+def _iso(window: dict[str, str]) -> dict[str, str]:
+    return {k: iso_utc(as_utc(v, k)) for k, v in window.items()}
+
+
+def test_timeout_says_how_many_calls_still_run_and_what_to_do(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 5, start=datetime.now(UTC) - timedelta(minutes=50), hours=0.5)
+    running = [running_call(sim), running_call(sim)]
+    window = live_window()
+    target = tmp_path / "calls.jsonl"
+    trigger = deferred_trigger(export_op(target, **window))
+    trigger.end_time = time.time() - 1  # the deadline has passed
+    event = run_trigger(trigger, sim)
+    assert event["event"] == "timeout"
+
+    with pytest.raises(DialNexaWaitTimeoutError) as failed:
+        export_op(target, **window).execute_complete({}, event)
+    message = str(failed.value)
+    assert "2 call(s)" in message
+    assert running[0] in message
+    assert "on_timeout='export'" in message
+    assert os.listdir(tmp_path) == []
+
+    everything = export_op(target, **window, on_timeout="export").execute_complete({}, event)
+    assert everything["calls"] == 7
+    assert everything["statuses"]["initiated"] == 2
+    ended = export_op(target, **window, on_timeout="export_ended").execute_complete({}, event)
+    assert ended["calls"] == 5
+    assert ended["running_left_out"] == 2
+    assert not set(running) & {r["id"] for r in read_jsonl(target)}
+
+
+def test_error_and_foreign_events_fail_loudly(sim: Simulator, tmp_path: Path) -> None:
+    window = live_window()
+    op = export_op(tmp_path / "c.jsonl", **window)
+    with pytest.raises(DialNexaAuthError, match="bad key"):
+        op.execute_complete({}, {"event": "error", **_iso(window), "kind": "auth", "message": "bad key"})
+    with pytest.raises(DialNexaError, match="unexpected trigger event"):
+        op.execute_complete({}, None)
+    other = {"event": "success", "window_start": "2020-01-01T00:00:00.000Z", "window_end": "2020-01-01T01:00:00.000Z"}
+    with pytest.raises(DialNexaError, match="clear the task"):
+        op.execute_complete({}, other)
+    assert sim.stats()["requests"] == 0
+
+
+# -- dag.test(): the deferral inside a real DAG run -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` and ``tests/dags/``."""
+    from airflow import settings
+    from airflow.utils import db
+
+    home = tmp_path_factory.mktemp("airflow_home")
+    dags = home / "dags"
+    dags.mkdir()
+    for source in [*sorted((ROOT / "dags").glob("*.py")), *sorted((ROOT / "tests" / "dags").glob("*.py"))]:
+        (dags / source.name).symlink_to(source)
+    env = pytest.MonkeyPatch()
+    env.setenv("AIRFLOW_HOME", str(home))
+    env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
+    env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
+    env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
+    settings.configure_vars()
+    settings.reconfigure_orm()
+    db.initdb()
+    try:
+        yield dags
+    finally:
+        env.undo()
+        settings.configure_vars()
+        settings.reconfigure_orm()
+
+
+def run_dag(dags: Path, dag_id: str, **test_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """``dag.test()`` the DAG; return the run and its ``return_value`` XComs by task id (unmapped tasks)."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    bag = DagBag(dag_folder=str(dags))
+    assert bag.import_errors == {}
+    run = bag.dags[dag_id].test(**test_kwargs)
+    with create_session() as session:
+        rows: list[Any] = list(
+            session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value"))
+        )
+        return run, {row.task_id: XComModel.deserialize_value(row) for row in rows}
+
+
+def test_a_real_dag_run_defers_until_the_calls_end_then_exports(
+    sim: Simulator, airflow_db: Path, tmp_path: Path
+) -> None:
+    seed(sim, 40, start=datetime.now(UTC) - timedelta(minutes=50), hours=0.5)
+    ringing = running_call(sim)
+
+    def end_after_the_first_status_poll() -> None:  # the task listed once, then the trigger polled once
+        deadline = time.monotonic() + 120
+        while list_requests(sim) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sim.set_status(ringing, "no_answer")
+
+    ender = threading.Thread(target=end_after_the_first_status_poll, daemon=True)
+    ender.start()
+    target = tmp_path / "calls.jsonl.gz"
+    run, xcoms = run_dag(airflow_db, "dialnexa_export_window", run_conf={**live_window(), "destination": str(target)})
+    assert str(run.state) == "success"
+    result = xcoms["export"]
+    assert result["calls"] == 41
+    assert all(call_status.is_terminal(status) for status in result["statuses"])
+    assert {r["id"]: r["status"] for r in read_jsonl(target)}[ringing] == "no_answer"
+    status_polls = [e for e in sim.requests(route="list") if not e.call_ids]
+    assert len(status_polls) >= 3  # the first listing, at least one running-status poll, the export
+    ender.join(5)
