@@ -274,6 +274,9 @@ def test_window_defaults_to_the_data_interval(sim: Simulator, tmp_path: Path) ->
     assert op.execute(context)["calls"] == 10
     with pytest.raises(ValueError, match="no window_start"):
         op.execute({"data_interval_start": None, "data_interval_end": None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CronDataIntervalTimetable"):  # Airflow 3's default for cron strings
+        op.execute({"data_interval_start": T0, "data_interval_end": T0})  # type: ignore[typeddict-item]
+    assert sim.stats()["by_route"] == {"list": 1}
 
 
 def test_gzip_shaping_and_an_identical_rerun(sim: Simulator, tmp_path: Path) -> None:
@@ -575,3 +578,31 @@ def test_a_real_dag_run_defers_until_the_calls_end_then_exports(
     status_polls = [e for e in sim.requests(route="list") if not e.call_ids]
     assert len(status_polls) >= 3  # the first listing, at least one running-status poll, the export
     ender.join(5)
+
+
+def test_the_example_dag_exports_and_loads_adjacent_hours_exactly_once(
+    sim: Simulator, airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_key: str
+) -> None:
+    import sqlite3
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DIALNEXA_DEFAULT",
+        json.dumps({"conn_type": "dialnexa", "host": sim.url, "password": api_key, "extra": {"timeout": 5}}),
+    )
+    seed(sim, 90, start=T0, hours=2)  # 45 an hour, one of them exactly at 10:00:00.000
+    table = tmp_path / "outcomes.db"
+    conf = {"export_dir": str(tmp_path / "exports"), "sqlite_path": str(table)}
+    loads = []
+    for hour in (T0, T0 + timedelta(hours=1), T0):  # the last run repeats the first hour
+        # A manual run at a boundary covers the hour before it.
+        run, xcoms = run_dag(airflow_db, "dialnexa_call_export", logical_date=hour + timedelta(hours=1), run_conf=conf)
+        assert str(run.state) == "success"
+        loads.append(xcoms["load"])
+    assert [(x["window_start"], x["calls"], x["rows"]) for x in loads] == [
+        ("2026-10-05T09:00:00.000Z", 45, 45),
+        ("2026-10-05T10:00:00.000Z", 45, 45),
+        ("2026-10-05T09:00:00.000Z", 45, 45),
+    ]
+    assert sorted(os.listdir(tmp_path / "exports")) == ["calls_20261005T0900.jsonl.gz", "calls_20261005T1000.jsonl.gz"]
+    with sqlite3.connect(table) as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT call_id) FROM call_outcomes").fetchone() == (90, 90)

@@ -290,6 +290,13 @@ class DialNexaExportCallsOperator(BaseOperator):
                     "e.g. for manual runs of a DAG without a schedule"
                 )
             bounds.append(iso_utc(as_utc(value, name)))
+        if bounds[0] == bounds[1] and self.window_start in (None, "") and self.window_end in (None, ""):
+            raise ValueError(
+                f"Task {self.task_id!r}: the run's data interval is empty ({bounds[0]}). Airflow 3 gives cron "
+                "schedules zero-length intervals (CronTriggerTimetable); schedule the DAG with "
+                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), set "
+                "[scheduler] create_cron_data_intervals = True, or pass window_start/window_end"
+            )
         DialNexaHook.check_list_arguments(bounds[0], bounds[1], **self.filters)
         return bounds[0], bounds[1]
 
