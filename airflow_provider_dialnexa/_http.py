@@ -472,11 +472,21 @@ class WindowPager:
             )
         self.page += 1
         kept = []
+        # Fast path: DialNexa's own format (``2026-10-05T09:15:02.118Z``) sorts as text, so bounds in that
+        # format compare without parsing; anything else is parsed.
+        low = iso_utc(self.start) if self.start is not None else ""
+        high = iso_utc(self.end) if self.end is not None else "~"
+        windowed = self.start is not None or self.end is not None
         for rec in fresh:
             call_id = str(rec["id"])
             self.seen.add(call_id)
-            if self.start is None and self.end is None:
+            if not windowed:
                 kept.append(rec)
+                continue
+            raw = rec.get("createdAt") or rec.get("created_at")
+            if isinstance(raw, str) and len(raw) == 24 and raw[-1] == "Z" and raw[10] == "T" and raw[19] == ".":
+                if low <= raw < high:
+                    kept.append(rec)
                 continue
             created = created_time(rec)
             if created is None:

@@ -393,9 +393,10 @@ class DialNexaExportCallsOperator(BaseOperator):
                     gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.name.endswith(".gz") else raw
                 ) as out,
             ):
+                lines: list[bytes] = []  # one write per page: each write through object storage has a cost
                 for record in self.hook.iter_calls(start, end, page_size=self.page_size, **self.filters):
                     status = call_status.normalise(record.get("status"))
-                    if not call_status.is_terminal(status):
+                    if status not in call_status.TERMINAL:
                         running.append(str(record["id"]))
                         if stop_at_running:
                             return None
@@ -404,7 +405,12 @@ class DialNexaExportCallsOperator(BaseOperator):
                     statuses[status] += 1
                     if shape:
                         record = shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
-                    out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                    lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode())
+                    if len(lines) == self.page_size:
+                        out.write(b"\n".join(lines) + b"\n")
+                        lines.clear()
+                if lines:
+                    out.write(b"\n".join(lines) + b"\n")
             if running and timed_out and self.on_timeout == "fail":
                 raise DialNexaWaitTimeoutError(
                     f"Task {self.task_id!r}: {len(running)} call(s) created in [{start}, {end}) were still running "
