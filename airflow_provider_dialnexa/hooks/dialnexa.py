@@ -6,6 +6,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
@@ -375,16 +376,29 @@ class DialNexaHook(BaseHook):
         not documented), so adjacent windows partition the calls. Naive datetimes are taken as UTC.
         ``filters`` are DialNexa's documented List Calls filters (``agent_id``, ``batch_call_id``,
         ``status``, ``call_direction``, ...); lists become comma lists. Requests share ``get_call``'s
-        retries, rate budget and errors. Memory holds one page plus the ids seen so far.
+        retries, rate budget and errors. The next page is requested (in one helper thread) while the caller
+        handles the current one, so memory holds two pages plus the ids seen so far.
 
         :raises ValueError: before any request, for an inverted window or an unknown filter.
         """
         pager = self._window_pager(start_date, end_date, page_size, filters, self.settings)
-        while not pager.done:
-            data = self._get(
-                self.settings.calls_url, params=pager.params(), subject=f"List Calls page {pager.page}", call_id=None
-            )
-            yield from pager.take(data)
+        url = self.settings.calls_url
+
+        def fetch(params: dict[str, str], page: int) -> Any:
+            return self._get(url, params=params, subject=f"List Calls page {page}", call_id=None)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dialnexa-list-calls") as pool:
+            pending = pool.submit(fetch, pager.params(), pager.page)
+            try:
+                while True:
+                    records = pager.take(pending.result())
+                    if pager.done:
+                        yield from records
+                        return
+                    pending = pool.submit(fetch, pager.params(), pager.page)  # read ahead one page
+                    yield from records
+            finally:
+                pending.cancel()  # a caller that stops early does not wait for a page not yet started
 
     async def aiter_calls(
         self,

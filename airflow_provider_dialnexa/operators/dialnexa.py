@@ -163,6 +163,8 @@ class DialNexaGetCallOperator(BaseOperator):
 
 
 ON_TIMEOUT_CHOICES = ("fail", "export", "export_ended")
+#: One JSON line per record, compact and UTF-8 (one encoder for every record, not one per call).
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _asset_for(destination: str) -> Any:
@@ -381,7 +383,8 @@ class DialNexaExportCallsOperator(BaseOperator):
                 f"Task {self.task_id!r}: cannot write next to destination {str(path)!r} "
                 f"({type(exc).__name__}: {exc}); check the path and the storage permissions"
             ) from exc
-        statuses: Counter[str] = Counter()
+        raw_counts: dict[Any, int] = {}  # by status as sent; normalised once per distinct value at the end
+        ended: dict[Any, bool] = {}
         running: list[str] = []
         drop_running = timed_out and self.on_timeout == "export_ended"
         shape = self.include_fields is not None or self.exclude_fields is not None or self.mask_phone_numbers
@@ -395,17 +398,20 @@ class DialNexaExportCallsOperator(BaseOperator):
             ):
                 lines: list[bytes] = []  # one write per page: each write through object storage has a cost
                 for record in self.hook.iter_calls(start, end, page_size=self.page_size, **self.filters):
-                    status = call_status.normalise(record.get("status"))
-                    if status not in call_status.TERMINAL:
+                    raw_status = record.get("status")
+                    is_ended = ended.get(raw_status)
+                    if is_ended is None:
+                        is_ended = ended[raw_status] = call_status.is_terminal(raw_status)
+                    if not is_ended:
                         running.append(str(record["id"]))
                         if stop_at_running:
                             return None
                         if drop_running:
                             continue
-                    statuses[status] += 1
+                    raw_counts[raw_status] = raw_counts.get(raw_status, 0) + 1
                     if shape:
                         record = shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
-                    lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode())
+                    lines.append(_to_json(record).encode())
                     if len(lines) == self.page_size:
                         out.write(b"\n".join(lines) + b"\n")
                         lines.clear()
@@ -425,6 +431,9 @@ class DialNexaExportCallsOperator(BaseOperator):
             if not committed:
                 with contextlib.suppress(Exception):
                     temp.unlink()
+        statuses: Counter[str] = Counter()
+        for raw_status, count in raw_counts.items():
+            statuses[call_status.normalise(raw_status)] += count
         if running:
             self.log.warning(
                 "%d call(s) of [%s, %s) were still running at the timeout and were %s",

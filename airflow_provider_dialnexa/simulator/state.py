@@ -375,7 +375,8 @@ class SimState:
         self._resets = 0
         self._reset_locked(seed)
         # Creation-time index of the calls, (created_at, seq, id), caught up lazily by List Calls.
-        self._order: list[tuple[float, int, str]] = []
+        self._order: list[tuple[float, int, str]] = []  # foreign calls never list, so they are left out
+        self._order_count = 0  # calls of ``_order_of`` already looked at
         self._order_of: dict[str, _Call] | None = None
 
     # ----------------------------------------------------------------- admin
@@ -655,7 +656,21 @@ class SimState:
             else:
                 for _ in range(cfg.grow_per_list):
                     self._create_locked({}, now)
-                calls = self._by_creation_locked(window)
+                order, positions = self._creation_rows_locked(window)
+                if cfg.list_cap and not envelope:
+                    limit = min(limit, cfg.list_cap)
+                if not wanted and not (window.agent_ids or window.batch_ids or window.directions):
+                    # Nothing to test per call: slice the index (a page costs O(limit), not O(offset)).
+                    start = (page - 1) * limit
+                    data = [
+                        self._record(self._calls[order[i][2]], now, False) for i in positions[start : start + limit]
+                    ]
+                    if not envelope:
+                        return data
+                    total = len(positions)
+                    meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
+                    return {"data": data, "meta": meta}
+                calls = (self._calls[order[i][2]] for i in positions)
             matches = (
                 c
                 for c in calls
@@ -674,14 +689,14 @@ class SimState:
         meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
         return {"data": rows, "meta": meta}
 
-    def _by_creation_locked(self, window: _ListWindow) -> Iterable[_Call]:
-        """Calls created within the window (both bounds inclusive), newest first or oldest first."""
+    def _creation_rows_locked(self, window: _ListWindow) -> tuple[list[tuple[float, int, str]], range]:
+        """The creation-time index and the positions in it of the window (both bounds inclusive), in order."""
         if self._order_of is not self._calls:  # a reset replaced the calls
-            self._order, self._order_of = [], self._calls
-        if len(self._order) < len(self._calls):
-            new = [
-                (c.plan.created_at, c.seq, c.id) for c in itertools.islice(self._calls.values(), len(self._order), None)
-            ]
+            self._order, self._order_count, self._order_of = [], 0, self._calls
+        if self._order_count < len(self._calls):
+            added = itertools.islice(self._calls.values(), self._order_count, None)
+            new = [(c.plan.created_at, c.seq, c.id) for c in added if not c.plan.foreign]
+            self._order_count = len(self._calls)
             in_order = new == sorted(new) and (not self._order or not new or new[0] >= self._order[-1])
             self._order.extend(new)
             if not in_order:
@@ -689,8 +704,7 @@ class SimState:
         order = self._order
         lo = 0 if window.start is None else bisect.bisect_left(order, (window.start,))
         hi = len(order) if window.end is None else bisect.bisect_right(order, (window.end, math.inf))
-        rows = range(lo, hi) if window.ascending else range(hi - 1, lo - 1, -1)
-        return (self._calls[order[i][2]] for i in rows)
+        return order, range(lo, hi) if window.ascending else range(hi - 1, lo - 1, -1)
 
     def seed_calls(
         self,
