@@ -377,13 +377,16 @@ def deferred_trigger(op: DialNexaExportCallsOperator) -> DialNexaWindowTrigger:
     return trigger
 
 
-async def _first_event(trigger: DialNexaWindowTrigger, sim: Simulator, then: Callable[[], None] | None) -> Any:
-    """Run the trigger to its event; ``then`` runs once the trigger has sent its first List Calls request."""
+async def _first_event(
+    trigger: DialNexaWindowTrigger, sim: Simulator, then: Callable[[], None] | None, when: Callable[[], bool] | None
+) -> Any:
+    """Run the trigger to its event; ``then`` runs once ``when`` holds (default: the first List Calls request)."""
     before = list_requests(sim)
+    ready = when or (lambda: list_requests(sim) > before)
     pending = asyncio.ensure_future(anext(trigger.run()))
     try:
         if then is not None:
-            while list_requests(sim) == before and not pending.done():
+            while not ready() and not pending.done():
                 await asyncio.sleep(0.02)  # waits on an observable event (a request), not on a time margin
             then()
         return (await pending).payload
@@ -391,11 +394,16 @@ async def _first_event(trigger: DialNexaWindowTrigger, sim: Simulator, then: Cal
         await close_async_clients()
 
 
-def run_trigger(trigger: DialNexaWindowTrigger, sim: Simulator, then: Callable[[], None] | None = None) -> Any:
+def run_trigger(
+    trigger: DialNexaWindowTrigger,
+    sim: Simulator,
+    then: Callable[[], None] | None = None,
+    when: Callable[[], bool] | None = None,
+) -> Any:
     _, kwargs = trigger.serialize()
     assert json.loads(json.dumps(kwargs)) == kwargs  # primitives only: survives serde
     rebuilt = DialNexaWindowTrigger(**kwargs)
-    return asyncio.run(_first_event(rebuilt, sim, then))
+    return asyncio.run(_first_event(rebuilt, sim, then, when))
 
 
 def test_running_calls_defer_with_nothing_written(sim: Simulator, tmp_path: Path) -> None:
@@ -444,12 +452,14 @@ def test_a_server_ignoring_the_status_filter_falls_back_to_polling_by_id(sim: Si
     call_id = running_call(sim)
     trigger = deferred_trigger(export_op(tmp_path / "c.jsonl", **live_window(), poll_interval=1, max_poll_interval=1))
     with capture_logs() as logs:
-        event = run_trigger(trigger, sim, then=lambda: sim.set_status(call_id, "busy"))
+        # End the call only once it has been polled by id (batched List Calls naming just that id).
+        polled_by_id = lambda: any(e.call_ids == (call_id,) for e in sim.requests(route="list"))  # noqa: E731
+        event = run_trigger(trigger, sim, then=lambda: sim.set_status(call_id, "busy"), when=polled_by_id)
     assert event["event"] == "success"
     assert event["mode"] == "per_call"
     assert any("does not apply the status filter" in str(e.get("event")) for e in logs)
     by_id = [e for e in sim.requests(route="list") if e.call_ids == (call_id,)]
-    assert by_id  # the running call was polled by id (batched List Calls), not by re-listing the window
+    assert len(by_id) >= 2  # polled by id (batched List Calls) until it ended, not by re-listing the window
 
 
 def test_success_while_a_call_still_runs_waits_again_by_id(sim: Simulator, tmp_path: Path) -> None:
