@@ -366,6 +366,17 @@ def check_window(start: datetime | None, end: datetime | None) -> None:
         )
 
 
+def filter_items(value: Any) -> list[Any]:
+    """One filter's values: a list/tuple/set as given, a comma string split (``"busy,failed"``), else one value."""
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str) and "," in value:
+        return [part.strip() for part in value.split(",")]
+    return [value]
+
+
 def filter_query(filters: Mapping[str, Any]) -> dict[str, str]:
     """List Calls filters as query parameters: lists/tuples/sets become comma lists, None is dropped.
 
@@ -379,14 +390,10 @@ def filter_query(filters: Mapping[str, Any]) -> dict[str, str]:
             raise ValueError(f"unknown List Calls filter {name!r}; DialNexa documents {sorted(LIST_FILTERS)}")
         if value is None:
             continue
-        items = sorted(value) if isinstance(value, set | frozenset) else value
-        if isinstance(items, list | tuple):
-            parts = [_filter_value(name, item) for item in items]
-            if not parts:
-                raise ValueError(f"List Calls filter {name!r} is an empty list; leave it out to match everything")
-            query[name] = ",".join(parts)
-        else:
-            query[name] = _filter_value(name, items)
+        parts = [_filter_value(name, item) for item in filter_items(value)]
+        if not parts:
+            raise ValueError(f"List Calls filter {name!r} is an empty list; leave it out to match everything")
+        query[name] = ",".join(parts)
     return query
 
 

@@ -190,6 +190,7 @@ def test_filters_reach_the_server_and_lists_become_comma_lists(sim: Simulator, h
     cases: list[tuple[dict[str, Any], Any]] = [
         ({"agent_id": agents}, lambda r: r["agent_id"] in agents),
         ({"status": ["busy", "no-answer"]}, lambda r: r["status"] in ("busy", "no_answer")),
+        ({"status": "busy, no_answer"}, lambda r: r["status"] in ("busy", "no_answer")),
         ({"call_direction": "inbound"}, lambda r: r["call_direction"] == "inbound"),
         ({"batch_call_id": ("batch_sim0001",)}, lambda r: r.get("batch_id") == "batch_sim0001"),
     ]
@@ -209,7 +210,8 @@ def test_filters_reach_the_server_and_lists_become_comma_lists(sim: Simulator, h
         ((T0, T0 + timedelta(hours=1)), {"agent": "a"}, "unknown List Calls filter 'agent'"),
         ((T0, T0 + timedelta(hours=1)), {"limit": 5}, "page_size"),
         ((T0, T0 + timedelta(hours=1)), {"status": []}, "empty list"),
-        ((T0, T0 + timedelta(hours=1)), {"agent_id": "a,b"}, "comma-free"),
+        ((T0, T0 + timedelta(hours=1)), {"agent_id": "a,,b"}, "comma-free"),
+        ((T0, T0 + timedelta(hours=1)), {"status": None, "sentiment": {"x": 1}}, "unusable value"),
     ],
 )
 def test_bad_input_fails_before_any_request(
@@ -616,3 +618,14 @@ def test_the_example_dag_exports_and_loads_adjacent_hours_exactly_once(
     assert sorted(os.listdir(tmp_path / "exports")) == ["calls_20261005T0900.jsonl.gz", "calls_20261005T1000.jsonl.gz"]
     with sqlite3.connect(table) as db:
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT call_id) FROM call_outcomes").fetchone() == (90, 90)
+
+
+def test_a_status_filter_of_ended_statuses_never_waits(sim: Simulator, tmp_path: Path) -> None:
+    seed(sim, 20, start=datetime.now(UTC) - timedelta(minutes=50), hours=0.5, mix={"completed": 1, "busy": 1})
+    running_call(sim)
+    op = export_op(tmp_path / "c.jsonl", **live_window(), filters={"status": "completed,busy"})
+    result = op.execute({})  # no TaskDeferred: no call the filter lets through can still be running
+    assert result["calls"] == 20
+    assert set(result["statuses"]) == {"completed", "busy"}
+    mixed = export_op(tmp_path / "d.jsonl", **live_window(), filters={"status": ["completed", "initiated"]})
+    assert deferred_trigger(mixed).serialize()[1]["running_statuses"] == ["initiated"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import as_utc, filter_query, iso_utc
+from airflow_provider_dialnexa._http import as_utc, filter_items, filter_query, iso_utc
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,
@@ -310,8 +310,7 @@ class DialNexaExportCallsOperator(BaseOperator):
         wanted = self.filters.get("status")
         if wanted is None:
             return None
-        values = [wanted] if isinstance(wanted, str) else list(wanted)
-        return [str(v) for v in values if not call_status.is_terminal(v)]
+        return [str(v) for v in filter_items(wanted) if not call_status.is_terminal(v)]
 
     # -- execution ----------------------------------------------------------------------------------
 
