@@ -629,3 +629,44 @@ def test_a_status_filter_of_ended_statuses_never_waits(sim: Simulator, tmp_path:
     assert set(result["statuses"]) == {"completed", "busy"}
     mixed = export_op(tmp_path / "d.jsonl", **live_window(), filters={"status": ["completed", "initiated"]})
     assert deferred_trigger(mixed).serialize()[1]["running_statuses"] == ["initiated"]
+
+
+# -- WindowPager on bodies no simulator quirk produces --------------------------------------------------
+
+
+def _pager(size: int = 3) -> Any:
+    from airflow_provider_dialnexa._http import ConnectionSettings, WindowPager
+
+    settings = ConnectionSettings(conn_id="c", base_url="http://x", api_key="k:s")
+    return WindowPager(T0, T0 + timedelta(hours=1), {}, size, settings)
+
+
+def test_creation_times_in_other_iso_forms_and_epochs_are_placed_exactly() -> None:
+    pager = _pager(size=10)
+    body = [
+        {"id": "call_offset", "createdAt": "2026-10-05T10:30:00+01:00"},  # 09:30 UTC: inside
+        {"id": "call_naive", "created_at": "2026-10-05T09:59:59.999999"},  # naive = UTC: inside
+        {"id": "call_epoch_ms", "createdAt": int((T0 + timedelta(minutes=5)).timestamp() * 1000)},  # inside
+        {"id": "call_epoch_s", "created_at": (T0 - timedelta(seconds=1)).timestamp()},  # before
+        {"id": "call_edge", "createdAt": "2026-10-05T10:00:00Z"},  # the end: the next window's
+    ]
+    assert [r["id"] for r in pager.take(body)] == ["call_offset", "call_naive", "call_epoch_ms"]
+    assert pager.done
+
+
+def test_a_record_without_a_creation_time_fails_with_its_id() -> None:
+    with pytest.raises(DialNexaMalformedResponseError, match=r"call_nodate.*createdAt/created_at"):
+        _pager().take([{"id": "call_nodate", "status": "completed"}])
+
+
+def test_the_envelope_limit_and_total_shape_the_paging() -> None:
+    pager = _pager(size=200)
+    page = [{"id": f"call_{i}", "createdAt": "2026-10-05T09:00:00.000Z"} for i in range(100)]
+    pager.take({"data": page, "meta": {"page": 1, "limit": "100", "total": 150}})
+    assert (pager.size, pager.page, pager.done) == (100, 2, False)  # continue at the server's 100
+    assert pager.params()["limit"] == "100"
+    assert pager.params()["start_date"] == "2026-10-05T08:59:59.000Z"  # one second wider than asked
+    assert pager.params()["end_date"] == "2026-10-05T10:00:01.000Z"
+    rest = [{**r, "id": f"call_next_{i}"} for i, r in enumerate(page[:50])]
+    assert len(pager.take({"items": rest, "total": 150, "limit": 100, "page": 2})) == 50  # another envelope
+    assert pager.done
