@@ -3,7 +3,9 @@
 Starts the simulator in a child process, creates four calls with mixed outcomes that end within seconds,
 builds a fresh ``.demo/airflow_home`` (SQLite, the repo's ``dags/``, the connection as an env var), runs
 ``airflow db migrate`` and ``airflow dags test dialnexa_call_outcomes`` with those call ids, then prints
-what reached XCom and the rows loaded into SQLite. The simulator is stopped whatever happens; the exit
+what reached XCom and the rows loaded into SQLite. Then it seeds three past hours of calls (the first of each
+hour exactly on the hour edge) and runs ``dialnexa_call_export`` once per hour, printing each interval's
+count and checking every call was loaded exactly once. The simulator is stopped whatever happens; the exit
 code is non-zero when anything failed. Airflow's own output goes to ``.demo/*.log``.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_dialnexa.simulator import SimulatorProcess
+from airflow_provider_dialnexa.simulator import SimulatorControls, SimulatorProcess
 
 DAG_ID = "dialnexa_call_outcomes"
 DEMO_KEY = "demo_key:demo_secret"
@@ -165,9 +167,69 @@ def run_demo() -> None:
         conf = json.dumps({"call_ids": list(CALLS), "sqlite_path": str(outcomes_db)})
         step(f"airflow dags test {DAG_ID} -c '{conf}'")
         airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
+        export_runs = run_export_demo(sim, env, demo)
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
     report(home / "airflow.db", outcomes_db)
+    report_exports(home / "airflow.db", demo / "exported_calls.db", export_runs)
+
+
+# -- the scheduled export (dags/dialnexa_call_export.py) ----------------------------------------------
+
+EXPORT_DAG_ID = "dialnexa_call_export"
+#: Calls seeded per hour of 2026-10-05 (UTC); the export DAG runs once per hour, like a catchup would.
+EXPORT_HOURS: dict[str, int] = {"06:00": 800, "07:00": 1500, "08:00": 400}
+EXPORT_DAY = "2026-10-05"
+
+
+def run_export_demo(sim: SimulatorControls, env: dict[str, str], demo: Path) -> dict[str, int]:
+    """Seed three past hours of calls (the first of each exactly on the hour), run the export DAG once per hour.
+
+    Returns the number of calls seeded per window start (ISO, as the operator reports it).
+    """
+    from datetime import datetime, timedelta
+
+    expected: dict[str, int] = {}
+    for hour, count in EXPORT_HOURS.items():
+        start = datetime.fromisoformat(f"{EXPORT_DAY}T{hour}:00+00:00")
+        sim.seed_calls(count, start.timestamp(), (start + timedelta(hours=1)).timestamp())
+        expected[f"{EXPORT_DAY}T{hour}:00.000Z"] = count
+    step(f"Seeded {sum(EXPORT_HOURS.values())} ended calls over three hours of {EXPORT_DAY}: {EXPORT_HOURS}")
+    conf = json.dumps({"export_dir": str(demo / "exports"), "sqlite_path": str(demo / "exported_calls.db")})
+    for hour in EXPORT_HOURS:
+        run_at = datetime.fromisoformat(f"{EXPORT_DAY}T{hour}:00+00:00") + timedelta(hours=1)
+        step(f"airflow dags test {EXPORT_DAG_ID} {run_at.isoformat()} (exports the hour before it)")
+        log = demo / f"export_{hour.replace(':', '')}.log"
+        airflow(["dags", "test", EXPORT_DAG_ID, run_at.isoformat(), "-c", conf], env, log, timeout=300)
+    return expected
+
+
+def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int]) -> None:
+    """Print each export run's window, file and counts; raise ``DemoError`` unless every hour loaded once."""
+    with sqlite3.connect(metadata_db) as db:
+        rows = db.execute(
+            "SELECT task_id, value FROM xcom WHERE dag_id = ? AND key = 'return_value' ORDER BY run_id, task_id",
+            (EXPORT_DAG_ID,),
+        ).fetchall()
+    exports = [json.loads(v) if isinstance(v, str | bytes) else v for t, v in rows if t == "export_calls"]
+    loads = {x["window_start"]: x["rows"] for x in (json.loads(v) for t, v in rows if t == "load")}
+    print(f"\nScheduled export ({EXPORT_DAG_ID}), one run per hour:")
+    print(
+        table(
+            [
+                (x["window_start"], x["window_end"], x["calls"], loads.get(x["window_start"]), Path(x["path"]).name)
+                for x in exports
+            ],
+            ("window_start", "window_end (exclusive)", "calls", "rows loaded", "file"),
+            60,
+        )
+    )
+    with sqlite3.connect(export_db) as db:
+        total, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT call_id) FROM call_outcomes").fetchone()
+    print(f"Rows in {export_db}: {total} ({distinct} distinct call ids; {sum(expected.values())} calls seeded)")
+    got = {x["window_start"]: x["calls"] for x in exports}
+    if got != expected or total != distinct or total != sum(expected.values()):
+        raise DemoError(f"expected {expected} calls per hour loaded once each, got {got} and {total} rows")
 
 
 def main() -> int:

@@ -29,6 +29,7 @@ import psutil
 
 from airflow_provider_dialnexa.simulator import DEFAULT_API_KEY, SimulatorProcess
 from benchmarks import create as create_bench
+from benchmarks import export as export_bench
 from benchmarks.load import CONN_OURS, CONN_PEER, PREFIX
 
 
@@ -91,6 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the triggerer uses asyncio")
     parser.add_argument("--profile-hook", action="store_true", help="profile the hook even if within target")
     parser.add_argument("--creates", type=int, help="mapped Create Calls under faults (default: --n; 0 = skip)")
+    parser.add_argument("--export-calls", type=int, default=100_000, help="export benchmark window size (0 = skip)")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in args.modes if m not in MODES]
@@ -534,6 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(hook_lines(hook))
     if create is not None:
         print(f"\n{create['n']} mapped Create Calls under faults:\n{create_bench.report(create)}")
+    export = export_bench.run(args.export_calls) if args.export_calls > 0 else None
+    if export is not None:
+        print()
+        print(export_bench.lines(export))
     report = {
         "machine": info,
         "args": vars(args),
@@ -541,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios_vs_peer": comparison,
         "hook_overhead": hook,
         "create": create,
+        "export": export,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(clean(report), indent=2, allow_nan=False) + "\n")

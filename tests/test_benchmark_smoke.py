@@ -32,7 +32,7 @@ MODE_FIELDS = {
 def test_benchmark_runs_and_every_wait_ends_correctly(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "benchmarks", "--n", "20", "--duration", "2", "--interval", "1"]
-    command += ["--hook-calls", "50", "--json", str(out)]
+    command += ["--hook-calls", "50", "--export-calls", "2000", "--json", str(out)]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ratio ours/peer" in proc.stdout
@@ -54,3 +54,7 @@ def test_benchmark_runs_and_every_wait_ends_correctly(tmp_path: Path) -> None:
     assert hook["calls_each"] == 50
     assert {"hook_us", "bare_us", "ratio"} <= set(hook)
     assert report["machine"]["cpus"] >= 1
+    export = report["export"]
+    assert export["calls"] == 2000
+    assert export["runs"]["large"]["ours"][0]["records"] == 2000
+    assert export["runs"]["large"]["ours"][0]["requests"] == export["expected_requests"] == 11

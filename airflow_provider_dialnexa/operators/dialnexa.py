@@ -1,20 +1,35 @@
 """DialNexaGetCallOperator: fetch a DialNexa call record into XCom, optionally waiting for the call to end.
 
 DialNexaCreateCallOperator: place a call at most once per task instance, optionally waiting for it to end.
+DialNexaExportCallsOperator: write every call of a creation window (the run's data interval) to one file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
+import json
+import os
+import time
+import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import CORRELATION_KEY, validate_phone_number
+from airflow_provider_dialnexa._http import (
+    CORRELATION_KEY,
+    as_utc,
+    filter_items,
+    filter_query,
+    iso_utc,
+    validate_phone_number,
+)
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,
@@ -23,11 +38,22 @@ from airflow_provider_dialnexa._wait import (
     failure_status_set,
     outcome,
 )
-from airflow_provider_dialnexa.exceptions import DialNexaWaitTimeoutError
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
+from airflow_provider_dialnexa.exceptions import (
+    DialNexaConfigError,
+    DialNexaError,
+    DialNexaWaitTimeoutError,
+    error_from_event,
+)
+from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
 from airflow_provider_dialnexa.records import field_names, mask_phone_number, shape_record
-from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
+from airflow_provider_dialnexa.triggers.dialnexa import (
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    ERROR,
+    SUCCESS,
+    DialNexaWindowTrigger,
+    validate_window_event,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -265,3 +291,299 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
             call_id = event["call_id"]
         self.call_id = call_id
         return super().execute_complete(context, event)
+
+
+ON_TIMEOUT_CHOICES = ("fail", "export", "export_ended")
+#: One JSON line per record, compact and UTF-8 (one encoder for every record, not one per call).
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _asset_for(destination: str) -> Any:
+    """An Airflow asset (dataset on 2.x) for a fixed destination, or None when it cannot be one."""
+    uri = destination if "://" in destination else f"file://{os.path.abspath(destination)}"
+    try:
+        return Asset(uri)
+    except Exception:  # a URI Airflow refuses as an asset must not break the DAG: just no automatic outlet
+        return None
+
+
+class DialNexaExportCallsOperator(BaseOperator):
+    """Write every call created in a window (default: the run's data interval) to one JSON Lines file.
+
+    Made for scheduled call-outcome ETL: ``schedule="@hourly"`` plus this operator exports exactly the calls
+    created in ``[data_interval_start, data_interval_end)``; adjacent runs never share a call and never miss
+    one. Records stream from List Calls (``DialNexaHook.iter_calls``, oldest first) to a temporary object
+    next to ``destination`` that is moved into place only once complete, so readers never see a partial file
+    and a re-run rewrites the same file. ``destination`` is anything Airflow's object storage can open
+    (``file://``, ``s3://``, ``gs://``, a plain path, ...); a name ending ``.gz`` is gzip-compressed.
+
+    Calls still running when the window is listed: with ``wait_for_running=True`` (default) the task
+    defers to ``DialNexaWindowTrigger`` (no worker slot; one small List Calls request per poll) until they
+    have ended, then lists again and writes. ``timeout`` bounds that wait; ``on_timeout`` says what then:
+    ``fail`` (default, nothing written, the message says how many calls still run), ``export`` (write every
+    call, running ones with their current status) or ``export_ended`` (leave the running ones out).
+
+    Returns (XCom) ``{"path", "calls", "statuses", "window_start", "window_end"}``, never the records.
+    With a fixed (untemplated) ``destination`` and no ``outlets`` given, the file is the task's outlet
+    asset (dataset on Airflow 2), so downstream DAGs can be scheduled on it.
+
+    :param destination: Target file URL or path (templated).
+    :param window_start: Window start, datetime or ISO-8601 (templated; default the data interval start).
+    :param window_end: Window end, exclusive (templated; default the data interval end).
+    :param filters: DialNexa List Calls filters (templated values), e.g. ``{"agent_id": [...]}``.
+    :param include_fields: Keep only these top-level fields of each record.
+    :param exclude_fields: Drop these top-level fields (e.g. ``["transcript"]``).
+    :param mask_phone_numbers: Mask phone-number fields as ``+91******5678``.
+    :param page_size: List Calls page size (1-200).
+    """
+
+    template_fields: Sequence[str] = ("destination", "window_start", "window_end", "filters", "dialnexa_conn_id")
+    template_fields_renderers = {"filters": "json"}
+    ui_color = "#e0f2fe"
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        window_start: datetime | str | None = None,
+        window_end: datetime | str | None = None,
+        filters: dict[str, Any] | None = None,
+        dialnexa_conn_id: str = DialNexaHook.default_conn_name,
+        wait_for_running: bool = True,
+        timeout: timedelta | float = DEFAULT_CALL_TIMEOUT,
+        on_timeout: str = "fail",
+        poll_interval: float = 30.0,
+        max_poll_interval: float = 300.0,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        include_fields: str | Iterable[str] | None = None,
+        exclude_fields: str | Iterable[str] | None = None,
+        mask_phone_numbers: bool = False,
+        page_size: int = MAX_LIST_LIMIT,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(destination, str) and "{{" not in destination and not kwargs.get("outlets"):
+            asset = _asset_for(destination)
+            if asset is not None:
+                kwargs["outlets"] = [asset]
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.window_start = window_start
+        self.window_end = window_end
+        self.filters = dict(filters or {})
+        self.dialnexa_conn_id = dialnexa_conn_id
+        self.wait_for_running = wait_for_running
+        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        self.on_timeout = on_timeout
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
+        self.max_consecutive_failures = max_consecutive_failures
+        self.include_fields = field_names("include_fields", include_fields)
+        self.exclude_fields = field_names("exclude_fields", exclude_fields)
+        self.mask_phone_numbers = mask_phone_numbers
+        self.page_size = page_size
+        where = f"Task {self.task_id!r}"
+        if self.include_fields is not None and self.exclude_fields is not None:
+            raise ValueError(f"{where}: give include_fields or exclude_fields, not both")
+        if self.include_fields is not None and not self.include_fields:
+            raise ValueError(f"{where}: include_fields is empty; use None to keep every field")
+        if on_timeout not in ON_TIMEOUT_CHOICES:
+            raise ValueError(f"{where}: on_timeout must be one of {ON_TIMEOUT_CHOICES}, got {on_timeout!r}")
+        if not isinstance(destination, str) or not destination.strip():
+            raise ValueError(f"{where}: destination must be a file URL or path, got {destination!r}")
+        if not 1 <= page_size <= MAX_LIST_LIMIT:
+            raise ValueError(f"{where}: page_size must be between 1 and {MAX_LIST_LIMIT}, got {page_size}")
+        if self.timeout <= 0:
+            raise ValueError(f"{where}: timeout must be positive, got {self.timeout}")
+        check_wait_options(self.poll_interval, self.max_poll_interval, None)
+        try:  # names at parse time; values may still be templates
+            filter_query(dict.fromkeys(self.filters))
+            if not _templated(window_start) and not _templated(window_end):
+                DialNexaHook.check_list_arguments(window_start, window_end)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    @cached_property
+    def hook(self) -> DialNexaHook:
+        return DialNexaHook(self.dialnexa_conn_id)
+
+    # -- window, destination ------------------------------------------------------------------------
+
+    def _window(self, context: Context) -> tuple[str, str]:
+        """The window as ISO-8601 UTC strings, from the operator's (rendered) fields or the data interval."""
+        bounds = []
+        value: Any
+        for name, value, default in (
+            ("window_start", self.window_start, "data_interval_start"),
+            ("window_end", self.window_end, "data_interval_end"),
+        ):
+            value = value if value not in (None, "") else context.get(default)
+            if value in (None, "", "None"):
+                raise ValueError(
+                    f"Task {self.task_id!r}: no {name} (the run has no {default}); set {name} explicitly, "
+                    "e.g. for manual runs of a DAG without a schedule"
+                )
+            bounds.append(iso_utc(as_utc(value, name)))
+        if bounds[0] == bounds[1] and self.window_start in (None, "") and self.window_end in (None, ""):
+            raise ValueError(
+                f"Task {self.task_id!r}: the run's data interval is empty ({bounds[0]}). Airflow 3 gives cron "
+                "schedules zero-length intervals (CronTriggerTimetable); schedule the DAG with "
+                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), set "
+                "[scheduler] create_cron_data_intervals = True, or pass window_start/window_end"
+            )
+        DialNexaHook.check_list_arguments(bounds[0], bounds[1], **self.filters)
+        return bounds[0], bounds[1]
+
+    def _path(self) -> ObjectStoragePath:
+        return ObjectStoragePath(self.destination)
+
+    def _running_statuses(self) -> list[str] | None:
+        """Status values the trigger asks for: the running ones among the user's status filter (None: all)."""
+        wanted = self.filters.get("status")
+        if wanted is None:
+            return None
+        return [str(v) for v in filter_items(wanted) if not call_status.is_terminal(v)]
+
+    # -- execution ----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        start, end = self._window(context)
+        if self.wait_for_running and self._running_statuses() != []:
+            result = self._export(start, end, stop_at_running=True)
+            if result is None:
+                self._defer(start, end, time.time() + self.timeout, "status")
+            return result  # type: ignore[return-value]
+        return self._export(start, end)  # type: ignore[return-value]
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the window trigger: export, wait again, or handle the timeout."""
+        checked = validate_window_event(event)
+        start, end = self._window(context)
+        if (checked["window_start"], checked["window_end"]) != (start, end):
+            raise DialNexaError(
+                f"Task {self.task_id!r}: the trigger waited for [{checked['window_start']}, {checked['window_end']}) "
+                f"but the task's window is [{start}, {end}); clear the task to export again"
+            )
+        if checked["event"] == ERROR:
+            raise error_from_event(checked)
+        end_time = float(checked.get("end_time") or 0) or time.time()
+        if checked["event"] == SUCCESS and time.time() < end_time:
+            result = self._export(start, end, stop_at_running=True)
+            if result is not None:
+                return result
+            # Still (or newly) running calls although the trigger saw none: poll them by id from now on.
+            self._defer(start, end, end_time, "per_call")
+        return self._export(start, end, timed_out=True)  # type: ignore[return-value]
+
+    def _defer(self, start: str, end: str, end_time: float, mode: str) -> None:
+        trigger = DialNexaWindowTrigger(
+            window_start=start,
+            window_end=end,
+            dialnexa_conn_id=self.dialnexa_conn_id,
+            filters={k: v for k, v in self.filters.items() if k != "status"},
+            running_statuses=self._running_statuses(),
+            poll_interval=self.poll_interval,
+            end_time=end_time,
+            max_poll_interval=self.max_poll_interval,
+            max_consecutive_failures=self.max_consecutive_failures,
+            mode=mode,
+        )
+        self.log.info("Calls of [%s, %s) are still running; waiting for them in the triggerer", start, end)
+        self.defer(
+            trigger=trigger,
+            method_name="execute_complete",
+            timeout=timedelta(seconds=max(1.0, end_time - time.time()) + 60),
+        )
+
+    def _export(
+        self, start: str, end: str, *, stop_at_running: bool = False, timed_out: bool = False
+    ) -> dict[str, Any] | None:
+        """Stream the window to a temporary object and move it into place; None if a running call stopped it.
+
+        With ``stop_at_running`` the first running call ends the listing (the task will wait). With
+        ``timed_out`` running calls are handled per ``on_timeout``.
+        """
+        path = self._path()
+        temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            if path.protocol in ("", "file", "local"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            raw = temp.open("wb")
+        except Exception as exc:  # before any request: nothing listed yet
+            raise DialNexaConfigError(
+                f"Task {self.task_id!r}: cannot write next to destination {str(path)!r} "
+                f"({type(exc).__name__}: {exc}); check the path and the storage permissions"
+            ) from exc
+        raw_counts: dict[Any, int] = {}  # by status as sent; normalised once per distinct value at the end
+        ended: dict[Any, bool] = {}
+        running: list[str] = []
+        drop_running = timed_out and self.on_timeout == "export_ended"
+        shape = self.include_fields is not None or self.exclude_fields is not None or self.mask_phone_numbers
+        committed = False
+        try:
+            with (
+                raw,
+                (
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.name.endswith(".gz") else raw
+                ) as out,
+            ):
+                lines: list[bytes] = []  # one write per page: each write through object storage has a cost
+                for record in self.hook.iter_calls(start, end, page_size=self.page_size, **self.filters):
+                    raw_status = record.get("status")
+                    is_ended = ended.get(raw_status)
+                    if is_ended is None:
+                        is_ended = ended[raw_status] = call_status.is_terminal(raw_status)
+                    if not is_ended:
+                        running.append(str(record["id"]))
+                        if stop_at_running:
+                            return None
+                        if drop_running:
+                            continue
+                    raw_counts[raw_status] = raw_counts.get(raw_status, 0) + 1
+                    if shape:
+                        record = shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
+                    lines.append(_to_json(record).encode())
+                    if len(lines) == self.page_size:
+                        out.write(b"\n".join(lines) + b"\n")
+                        lines.clear()
+                if lines:
+                    out.write(b"\n".join(lines) + b"\n")
+            if running and timed_out and self.on_timeout == "fail":
+                raise DialNexaWaitTimeoutError(
+                    f"Task {self.task_id!r}: {len(running)} call(s) created in [{start}, {end}) were still running "
+                    f"when the {self.timeout:g} s wait ended (e.g. {', '.join(running[:5])}); nothing was written "
+                    f"to {str(path)!r}. Clear the task once they have ended, raise timeout, or set "
+                    "on_timeout='export' (write them with their current status) or 'export_ended' (leave them out).",
+                    conn_id=self.dialnexa_conn_id,
+                )
+            temp.rename(path)
+            committed = True
+        finally:
+            if not committed:
+                with contextlib.suppress(Exception):
+                    temp.unlink()
+        statuses: Counter[str] = Counter()
+        for raw_status, count in raw_counts.items():
+            statuses[call_status.normalise(raw_status)] += count
+        if running:
+            self.log.warning(
+                "%d call(s) of [%s, %s) were still running at the timeout and were %s",
+                len(running),
+                start,
+                end,
+                "left out" if drop_running else "exported with their current status",
+            )
+        result = {
+            "path": str(path),
+            "calls": sum(statuses.values()),
+            "statuses": dict(sorted(statuses.items())),
+            "window_start": start,
+            "window_end": end,
+        }
+        if drop_running:
+            result["running_left_out"] = len(running)
+        self.log.info("Exported %d DialNexa calls of [%s, %s) to %s", result["calls"], start, end, path)
+        return result
+
+
+def _templated(value: object) -> bool:
+    return isinstance(value, str) and "{{" in value

@@ -187,6 +187,8 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
                 return 201, {"id": call_id, "record": state.record(call_id), "plan": state.plan(call_id).to_dict()}
             case "POST", ["calls", "batch"]:
                 return 201, {"ids": state.create_calls(**body)}
+            case "POST", ["calls", "seed"]:
+                return 201, {"seeded": state.seed_calls(**body)}
             case "GET", ["calls", call_id]:
                 return 200, state.record(call_id)
             case "GET", ["calls", call_id, "plan"]:

@@ -126,6 +126,10 @@ class SimulatorControls:
         body = {"n": n, "mix": dict(mix) if mix is not None else None, **spec}
         return list(self._control("POST", "/_sim/calls/batch", body)["ids"])
 
+    def seed_calls(self, n: int, start: float, end: float, **options: Any) -> int:
+        """Create ``n`` ended calls spread over creation times ``[start, end)`` (see :meth:`SimState.seed_calls`)."""
+        return int(self._control("POST", "/_sim/calls/seed", {"n": n, "start": start, "end": end, **options})["seeded"])
+
     def set_status(self, call_id: str, status: str) -> None:
         """Force the status shown from now on, verbatim (terminal statuses fill the end-of-call fields)."""
         self._control("POST", f"/_sim/calls/{quote(call_id, safe='')}/status", {"status": status})

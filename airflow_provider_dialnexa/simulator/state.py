@@ -7,6 +7,7 @@ it is read, so 10,000 idle calls cost nothing between requests.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import math
@@ -15,7 +16,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
@@ -294,8 +295,15 @@ class SimConfig:
     spelling: Spelling = "camel"
     hyphenated: bool = False
     ratelimit_limit: int = 1000
+    #: List Calls query parameters this deployment ignores (e.g. ``["status"]``, ``["created_at"]``).
+    list_ignores: tuple[str, ...] = ()
+    #: Silently cap a bare-array page at this many records (0 = honour ``limit`` up to 200).
+    list_cap: int = 0
+    #: Calls created (now) at the start of every List Calls request: a population growing while a client pages.
+    grow_per_list: int = 0
 
     def __post_init__(self) -> None:
+        self.list_ignores = tuple(self.list_ignores)
         self.queued_s, self.ring_s, self.talk_s = (_range(r) for r in (self.queued_s, self.ring_s, self.talk_s))
         self.mix = _check_mix(self.mix)
         if self.list_style not in ("array", "envelope"):
@@ -324,6 +332,8 @@ class _Call:
     content: int
     script_pos: int = 0
     scripted_end: float | None = None
+    batch_id: str | None = None
+    direction: str = "outbound"
 
 
 def iso8601(t: float) -> str:
@@ -378,6 +388,10 @@ class SimState:
         self._seed = seed
         self._resets = 0
         self._reset_locked(seed)
+        # Creation-time index of the calls, (created_at, seq, id), caught up lazily by List Calls.
+        self._order: list[tuple[float, int, str]] = []  # foreign calls never list, so they are left out
+        self._order_count = 0  # calls of ``_order_of`` already looked at
+        self._order_of: dict[str, _Call] | None = None
 
     # ----------------------------------------------------------------- admin
 
@@ -636,6 +650,7 @@ class SimState:
             raise ApiError(404, "Cannot GET /v1/calls")
         if cfg.list_route == "forbidden":
             raise ApiError(403, "Forbidden resource")
+        query = {k: v for k, v in query.items() if k not in cfg.list_ignores}
         envelope = cfg.list_style == "envelope"
         errors: list[str] = []
         page = _int_param(query, "page", 1, errors)
@@ -652,20 +667,39 @@ class SimState:
             limit = min(limit, ENVELOPE_MAX_LIMIT)
         ids = split_csv(query.get("call_id"))
         wanted = {normalise(s) for s in split_csv(query.get("status"))}
-        keep = reconcile_filter(query)
+        window = _window_params(query)
         with self._lock:
             calls: Iterable[_Call]
             if ids:
                 found = {c: self._calls[c] for c in ids if c in self._calls}
                 calls = sorted(found.values(), key=lambda c: c.seq, reverse=True)
             else:
-                calls = reversed(self._calls.values())
-            calls = (c for c in calls if keep(c))  # the filters a Create Call reconcile uses
+                for _ in range(cfg.grow_per_list):
+                    self._create_locked({}, now)
+                order, positions = self._creation_rows_locked(window)
+                if cfg.list_cap and not envelope:
+                    limit = min(limit, cfg.list_cap)
+                if not wanted and not (window.agent_ids or window.batch_ids or window.directions):
+                    # Nothing to test per call: slice the index (a page costs O(limit), not O(offset)).
+                    start = (page - 1) * limit
+                    data = [
+                        self._record(self._calls[order[i][2]], now, False) for i in positions[start : start + limit]
+                    ]
+                    if not envelope:
+                        return data
+                    total = len(positions)
+                    meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
+                    return {"data": data, "meta": meta}
+                calls = (self._calls[order[i][2]] for i in positions)
             matches = (
                 c
                 for c in calls
-                if not c.plan.foreign and (not wanted or normalise(self._status(c, now, advance=False)[0]) in wanted)
+                if not c.plan.foreign
+                and (not wanted or normalise(self._status(c, now, advance=False)[0]) in wanted)
+                and _listed(c, window)
             )
+            if cfg.list_cap and not envelope:
+                limit = min(limit, cfg.list_cap)
             start = (page - 1) * limit
             if not envelope:
                 return [self._record(c, now, advance=False) for c in itertools.islice(matches, start, start + limit)]
@@ -674,6 +708,59 @@ class SimState:
         total = len(everything)
         meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
         return {"data": rows, "meta": meta}
+
+    def _creation_rows_locked(self, window: _ListWindow) -> tuple[list[tuple[float, int, str]], range]:
+        """The creation-time index and the positions in it of the window (both bounds inclusive), in order."""
+        if self._order_of is not self._calls:  # a reset replaced the calls
+            self._order, self._order_count, self._order_of = [], 0, self._calls
+        if self._order_count < len(self._calls):
+            added = itertools.islice(self._calls.values(), self._order_count, None)
+            new = [(c.plan.created_at, c.seq, c.id) for c in added if not c.plan.foreign]
+            self._order_count = len(self._calls)
+            in_order = new == sorted(new) and (not self._order or not new or new[0] >= self._order[-1])
+            self._order.extend(new)
+            if not in_order:
+                self._order.sort()
+        order = self._order
+        lo = 0 if window.start is None else bisect.bisect_left(order, (window.start,))
+        hi = len(order) if window.end is None else bisect.bisect_right(order, (window.end, math.inf))
+        return order, range(lo, hi) if window.ascending else range(hi - 1, lo - 1, -1)
+
+    def seed_calls(
+        self,
+        n: int,
+        start: float,
+        end: float,
+        *,
+        mix: Mapping[str, float] | None = None,
+        batch_ids: int = 0,
+        inbound_share: float = 0.0,
+    ) -> int:
+        """Create ``n`` ended calls spread evenly over creation times ``[start, end)`` (epoch seconds), fast.
+
+        Connected calls carry transcripts. ``batch_ids`` > 0 spreads the calls over that many ``batch_id``s;
+        ``inbound_share`` makes that fraction ``inbound``. Returns ``n``.
+        """
+        if n < 0 or end <= start or not 0 <= inbound_share <= 1:
+            raise ValueError("need n >= 0, end > start and inbound_share within [0, 1]")
+        mix = _check_mix(mix) if mix is not None else None
+        step = (end - start) / max(n, 1)
+        with self._lock:
+            mix = mix or self.config.mix
+            outcomes = self._rng.choices(list(mix), weights=list(mix.values()), k=n)
+            now = time.time()
+            for i, outcome in enumerate(outcomes):
+                created = start + i * step
+                spec: CallSpec = {"outcome": outcome, "age_s": max(now - created, 0.0), "queued_s": 0.0}
+                spec["ring_s"], spec["talk_s"] = 1.0, (20.0 if outcome in CONNECTED else 0.0)
+                call = self._calls[self._create_locked(spec, now)]
+                call.plan.created_at = created  # exact, not via now - age
+                call.created_iso = iso8601(created)
+                if batch_ids:
+                    call.batch_id = f"batch_sim{i % batch_ids:04d}"
+                if inbound_share and self._rng.random() < inbound_share:
+                    call.direction = "inbound"
+        return n
 
     def api_create(self, body: Any, now: float) -> dict[str, Any]:
         """Create Call: validate like DialNexa (``message`` is a list of problems), then start the lifecycle."""
@@ -766,7 +853,7 @@ class SimState:
             "to_number" if camel else "to_phone_number": call.to_number,
             "from_number" if camel else "from_phone_number": _FROM_NUMBER,
             "type": "phone",
-            "call_direction": "outbound",
+            "call_direction": call.direction,
             "status": raw,
             "createdAt" if camel else "created_at": call.created_iso,
             "ended_at": iso8601(ended_at) if ended_at is not None else None,
@@ -778,25 +865,51 @@ class SimState:
             "recording_url": recording_url,
             "analysis" if camel else "post_call_analysis": analysis,
             "metadata": call.metadata,
+            **({"batch_id": call.batch_id} if call.batch_id else {}),
         }
 
 
-def _instant(name: str, value: str) -> float:
-    """Epoch seconds of an ISO-8601 date or timestamp (naive = UTC); ``ApiError`` 400 if it is neither."""
+class _ListWindow(NamedTuple):
+    """The List Calls parameters the creation-time index answers, plus the per-call filters on it."""
+
+    start: float | None
+    end: float | None
+    ascending: bool
+    agent_ids: frozenset[str]
+    batch_ids: frozenset[str]
+    directions: frozenset[str]
+
+
+def _epoch(query: Mapping[str, Sequence[str]], name: str) -> float | None:
+    values = query.get(name)
+    if not values or not values[-1].strip():
+        return None
+    text = values[-1].strip()
     try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "zZ" else text)
     except ValueError:
         raise ApiError(400, [f"{name} must be a valid ISO 8601 date string"]) from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def reconcile_filter(query: Mapping[str, Sequence[str]]) -> Callable[[_Call], bool]:
-    """List Calls filters ``agent_id`` (comma list) and ``start_date`` (ISO date or time), as a predicate."""
-    agents = set(split_csv(query.get("agent_id")))
-    start = query.get("start_date")
-    since = _instant("start_date", start[-1]) if start and start[-1] else None
+def _window_params(query: Mapping[str, Sequence[str]]) -> _ListWindow:
+    """``start_date``/``end_date`` (creation time, inclusive), ``created_at=asc|desc`` and three id filters."""
+    order = (query.get("created_at") or ["desc"])[-1].lower()
+    if order not in ("asc", "desc"):
+        raise ApiError(400, ["created_at must be one of the following values: asc, desc"])
+    return _ListWindow(
+        _epoch(query, "start_date"),
+        _epoch(query, "end_date"),
+        order == "asc",
+        frozenset(split_csv(query.get("agent_id"))),
+        frozenset(split_csv(query.get("batch_call_id"))),
+        frozenset(split_csv(query.get("call_direction"))),
+    )
 
-    def keep(call: _Call) -> bool:
-        return (not agents or call.agent_id in agents) and (since is None or call.plan.created_at >= since)
 
-    return keep
+def _listed(call: _Call, window: _ListWindow) -> bool:
+    return (
+        (not window.agent_ids or call.agent_id in window.agent_ids)
+        and (not window.batch_ids or call.batch_id in window.batch_ids)
+        and (not window.directions or call.direction in window.directions)
+    )

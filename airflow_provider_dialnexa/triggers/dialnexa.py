@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -13,7 +13,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._http import POLLING_MODES
 from airflow_provider_dialnexa._poller import batch_poller
-from airflow_provider_dialnexa.exceptions import TRANSIENT_KINDS, DialNexaError, DialNexaMalformedResponseError
+from airflow_provider_dialnexa.exceptions import (
+    TRANSIENT_KINDS,
+    DialNexaBadRequestError,
+    DialNexaError,
+    DialNexaMalformedResponseError,
+)
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
 
@@ -219,4 +224,198 @@ def validate_event(event: Any, call_id: str | None = None) -> dict[str, Any]:
         )
     if event["event"] == SUCCESS and not event.get("status"):
         raise DialNexaError(f"DialNexa call {call_id!r}: success event without a status: {event!r:.200}")
+    return event
+
+
+#: Statuses a window trigger asks List Calls for by default: every running spelling the docs use.
+RUNNING_STATUS_FILTER: tuple[str, ...] = (*sorted(call_status.RUNNING), "in-progress")
+#: Records per running-status poll: one small page; the answer only has to say "some" or "none".
+WINDOW_PROBE_PAGE = 20
+WINDOW_MODES = ("status", "per_call")
+
+
+class DialNexaWindowTrigger(BaseTrigger):
+    """Wait, in the triggerer, until no call created in ``[window_start, window_end)`` is still running.
+
+    Mode ``status`` (default) asks List Calls each poll for the window's calls in a running status: one
+    small request per poll, however many calls are running. If DialNexa ignores or rejects the ``status``
+    filter (a terminal call comes back, or a 400), the trigger switches to ``per_call``: it lists the window
+    once for the ids still running and then polls just those through the shared ``BatchPoller`` (List Calls
+    by id, up to 200 per request, coalesced with other waits).
+
+    Events: ``{"event": "success", ...}`` once nothing runs; ``{"event": "timeout", "message", "running"}``
+    when ``end_time`` passes (``running`` is a count when known, else None); ``{"event": "error", "kind",
+    "message"}``. Each also carries ``window_start``, ``window_end``, ``end_time`` and ``mode``, so the task can
+    resume or defer again under ``dag.test()`` too. Arguments are primitives; the trigger only reads.
+
+    :param window_start: ISO-8601 start of the window (inclusive).
+    :param window_end: ISO-8601 end of the window (exclusive).
+    :param filters: List Calls filters of the export (primitives or lists of them), without ``status``.
+    :param running_statuses: Status values to ask for (default ``RUNNING_STATUS_FILTER``).
+    :param end_time: Wall-clock deadline, epoch seconds (``time.time()``); None waits forever.
+    """
+
+    def __init__(
+        self,
+        window_start: str,
+        window_end: str,
+        dialnexa_conn_id: str = DialNexaHook.default_conn_name,
+        filters: dict[str, Any] | None = None,
+        running_statuses: list[str] | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        end_time: float | None = None,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        mode: str = "status",
+    ) -> None:
+        super().__init__()
+        self.window_start = window_start
+        self.window_end = window_end
+        self.dialnexa_conn_id = dialnexa_conn_id
+        self.filters = dict(filters or {})
+        self.running_statuses = list(running_statuses or RUNNING_STATUS_FILTER)
+        self.poll_interval = float(poll_interval)
+        self.end_time = None if end_time is None else float(end_time)
+        self.max_poll_interval = float(max(max_poll_interval, poll_interval))
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        if mode not in WINDOW_MODES:
+            raise ValueError(f"mode must be one of {WINDOW_MODES}, got {mode!r}")
+        self.mode = mode
+        self._policy = PollPolicy(self.poll_interval, self.max_poll_interval)
+        DialNexaHook.check_list_arguments(window_start, window_end, **self.filters)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "window_start": self.window_start,
+                "window_end": self.window_end,
+                "dialnexa_conn_id": self.dialnexa_conn_id,
+                "filters": self.filters,
+                "running_statuses": self.running_statuses,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "max_poll_interval": self.max_poll_interval,
+                "max_consecutive_failures": self.max_consecutive_failures,
+                "mode": self.mode,
+            },
+        )
+
+    def _event(self, name: str, mode: str, **fields: Any) -> TriggerEvent:
+        return TriggerEvent(
+            {
+                "event": name,
+                "window_start": self.window_start,
+                "window_end": self.window_end,
+                "end_time": self.end_time,
+                "mode": mode,
+                **fields,
+            }
+        )
+
+    @property
+    def _subject(self) -> str:
+        return f"DialNexa calls created in [{self.window_start}, {self.window_end})"
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = DialNexaHook(self.dialnexa_conn_id)
+        try:
+            async with AsyncExitStack() as stack:
+                event = await self._wait(hook, stack)
+        except DialNexaError as exc:
+            event = self._event(ERROR, self.mode, kind=exc.kind, message=str(exc))
+        except Exception as exc:  # a bug must still end the wait with a readable event
+            self.log.exception("DialNexa window trigger failed unexpectedly")
+            event = self._event(ERROR, self.mode, kind="error", message=f"{type(exc).__name__}: {exc}")
+        yield event
+
+    async def _probe(self, hook: DialNexaHook) -> str:
+        """``running``, ``ended``, or ``ignored`` (the server answered a running-status query with an ended call)."""
+        records = hook.aiter_calls(
+            self.window_start,
+            self.window_end,
+            page_size=WINDOW_PROBE_PAGE,
+            **{**self.filters, "status": self.running_statuses},
+        )
+        async with aclosing(records):
+            async for record in records:
+                return "ignored" if call_status.is_terminal(record.get("status")) else "running"
+        return "ended"
+
+    async def _running_ids(self, hook: DialNexaHook) -> set[str]:
+        records = hook.aiter_calls(self.window_start, self.window_end, **self.filters)
+        async with aclosing(records):
+            return {str(r["id"]) async for r in records if not call_status.is_terminal(r.get("status"))}
+
+    async def _wait(self, hook: DialNexaHook, stack: AsyncExitStack) -> TriggerEvent:
+        mode, polls, failures = self.mode, 0, 0
+        pending: set[str] | None = None
+        fetch: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        delay = self._policy.interval(0)  # the task has just listed the window
+        while True:
+            if self.end_time is not None:
+                remaining = self.end_time - time.time()
+                if remaining <= 0:
+                    running = None if pending is None else len(pending)
+                    return self._event(
+                        TIMEOUT,
+                        mode,
+                        message=f"{self._subject}: "
+                        f"{'some' if running is None else running} still running at the deadline",
+                        running=running,
+                    )
+                delay = min(delay, remaining)
+            await asyncio.sleep(max(0.0, delay))
+            if self.end_time is not None and time.time() >= self.end_time:
+                continue
+            try:
+                if mode == "status":
+                    try:
+                        state = await self._probe(hook)
+                    except DialNexaBadRequestError as exc:
+                        state = "ignored"
+                        self.log.warning("DialNexa refused the running-status query (%s)", exc)
+                    if state == "ignored":
+                        self.log.warning(
+                            "%s: List Calls does not apply the status filter; polling the running calls by id",
+                            self._subject,
+                        )
+                        mode, delay = "per_call", 0.0
+                        continue
+                    if state == "ended":
+                        return self._event(SUCCESS, mode, polls=polls + 1)
+                else:
+                    if pending is None:
+                        pending = await self._running_ids(hook)
+                    if fetch is None:
+                        fetch = stack.enter_context(batch_poller(self.dialnexa_conn_id)).fetch
+                    ids = sorted(pending)
+                    records = await asyncio.gather(*(fetch(call_id) for call_id in ids))
+                    pending = {
+                        i for i, r in zip(ids, records, strict=True) if not call_status.is_terminal(r.get("status"))
+                    }
+                    if not pending:
+                        return self._event(SUCCESS, mode, polls=polls + 1)
+            except DialNexaError as exc:
+                failures += 1
+                if exc.kind not in TRANSIENT_KINDS or failures > self.max_consecutive_failures:
+                    message = f"{self._subject}: {exc}"
+                    if exc.kind in TRANSIENT_KINDS:
+                        message += f" (gave up after {failures} consecutive failed polls)"
+                    return self._event(ERROR, mode, kind=exc.kind, message=message)
+                self.log.warning("Poll %d of %s failed (%s); polling again", polls + 1, self._subject, exc)
+                delay = self._policy.interval(polls)
+                continue
+            failures = 0
+            polls += 1
+            delay = self._policy.interval(polls - 1)
+
+
+def validate_window_event(event: Any) -> dict[str, Any]:
+    """Check a resumed export task's trigger event; fail loudly on anything the window trigger never yields."""
+    if not isinstance(event, dict) or event.get("event") not in EVENT_NAMES or "window_start" not in event:
+        raise DialNexaError(
+            f"DialNexa export: the task resumed with an unexpected trigger event {event!r:.200}; "
+            "clear the task to export again"
+        )
     return event
