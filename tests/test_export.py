@@ -31,7 +31,7 @@ from airflow_provider_dialnexa.exceptions import (
 )
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaExportCallsOperator
-from airflow_provider_dialnexa.simulator import Simulator
+from airflow_provider_dialnexa.simulator import Fault, Simulator
 from airflow_provider_dialnexa.triggers.dialnexa import DialNexaWindowTrigger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -504,6 +504,18 @@ def test_timeout_says_how_many_calls_still_run_and_what_to_do(sim: Simulator, tm
     assert ended["calls"] == 5
     assert ended["running_left_out"] == 2
     assert not set(running) & {r["id"] for r in read_jsonl(target)}
+
+
+def test_the_deadline_ends_the_wait_while_a_window_read_is_in_flight(sim: Simulator, tmp_path: Path) -> None:
+    """The window's List Calls hangs for 30 s; the wait's deadline (2 s away) ends it, not the late answer."""
+    running_call(sim)
+    trigger = deferred_trigger(export_op(tmp_path / "calls.jsonl", **live_window(), poll_interval=1))
+    listed = list_requests(sim)  # the task's own listing, before it deferred
+    sim.add_fault(Fault("slow", route="list", delay_s=30))
+    trigger.end_time = time.time() + 2
+    event = asyncio.run(asyncio.wait_for(_first_event(trigger, sim, None, None), timeout=20))
+    assert event["event"] == "timeout"
+    assert list_requests(sim) == listed  # the slow answer had not come back when the wait ended
 
 
 def test_error_and_foreign_events_fail_loudly(sim: Simulator, tmp_path: Path) -> None:

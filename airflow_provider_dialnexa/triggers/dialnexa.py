@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -26,6 +26,29 @@ from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_
 SUCCESS, ERROR, TIMEOUT = "success", "error", "timeout"
 EVENT_NAMES = frozenset({SUCCESS, ERROR, TIMEOUT})
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
+_T = TypeVar("_T")
+
+
+class DeadlinePassed(Exception):
+    """A wait's wall-clock ``end_time`` passed while one of its reads was still in flight."""
+
+
+async def before_deadline(end_time: float | None, work: Awaitable[_T]) -> _T:
+    """Await ``work``, or raise ``DeadlinePassed`` once the wall-clock ``end_time`` passes (None: no bound).
+
+    A wait's deadline must hold even when DialNexa is slow to answer (or the hook is retrying): the read is
+    cancelled and the caller reports the timeout, instead of learning of it only after the read returns.
+    """
+    if end_time is None:
+        return await work
+    deadline = asyncio.timeout(max(0.0, end_time - time.time()))
+    try:
+        async with deadline:
+            return await work
+    except TimeoutError:
+        if deadline.expired():
+            raise DeadlinePassed from None
+        raise
 
 
 class DialNexaCallTrigger(BaseTrigger):
@@ -134,16 +157,10 @@ class DialNexaCallTrigger(BaseTrigger):
 
     async def _read(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
         """The call's record, or None when ``end_time`` passed while the read was still in flight."""
-        if self.end_time is None:
-            return await fetch(self.call_id)
-        deadline = asyncio.timeout(max(0.0, self.end_time - time.time()))
         try:
-            async with deadline:
-                return await fetch(self.call_id)
-        except TimeoutError:
-            if deadline.expired():
-                return None
-            raise
+            return await before_deadline(self.end_time, fetch(self.call_id))
+        except DeadlinePassed:
+            return None
 
     async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], lead: Callable[[], float]) -> TriggerEvent:
         polls = failures = 0
@@ -371,7 +388,7 @@ class DialNexaWindowTrigger(BaseTrigger):
             try:
                 if mode == "status":
                     try:
-                        state = await self._probe(hook)
+                        state = await before_deadline(self.end_time, self._probe(hook))
                     except DialNexaBadRequestError as exc:
                         state = "ignored"
                         self.log.warning("DialNexa refused the running-status query (%s)", exc)
@@ -386,16 +403,18 @@ class DialNexaWindowTrigger(BaseTrigger):
                         return self._event(SUCCESS, mode, polls=polls + 1)
                 else:
                     if pending is None:
-                        pending = await self._running_ids(hook)
+                        pending = await before_deadline(self.end_time, self._running_ids(hook))
                     if fetch is None:
                         fetch = stack.enter_context(batch_poller(self.dialnexa_conn_id)).fetch
                     ids = sorted(pending)
-                    records = await asyncio.gather(*(fetch(call_id) for call_id in ids))
+                    records = await before_deadline(self.end_time, asyncio.gather(*(fetch(call_id) for call_id in ids)))
                     pending = {
                         i for i, r in zip(ids, records, strict=True) if not call_status.is_terminal(r.get("status"))
                     }
                     if not pending:
                         return self._event(SUCCESS, mode, polls=polls + 1)
+            except DeadlinePassed:
+                continue  # the deadline passed during a read: report the timeout
             except DialNexaError as exc:
                 failures += 1
                 if exc.kind not in TRANSIENT_KINDS or failures > self.max_consecutive_failures:
