@@ -34,11 +34,8 @@ from typing import Any, cast
 
 import pytest
 import requests
-from airflow.sdk import DAG, BaseHook
-from airflow.sdk.definitions.connection import Connection
-from airflow.sdk.exceptions import TaskDeferred
-from airflow.sdk.module_loading import import_string  # type: ignore[attr-defined]
-from airflow.sdk.serde import deserialize, serialize
+from _compat import DAG, Connection, TaskDeferred, deserialize, import_string, in_any_thread, serialize
+from airflow.providers.common.compat.sdk import BaseHook
 from jinja2.exceptions import UndefinedError
 
 from airflow_provider_dialnexa import status as call_status
@@ -717,8 +714,8 @@ async def test_deferred_operator_retry_returns_the_same_record(sim: Simulator, c
         await asyncio.to_thread(
             first.execute_complete, cast("Context", {}), cast("dict[str, Any]", deserialize(serialize(event)))
         )
-    retried = await asyncio.to_thread(operator().execute, cast("Context", {}))
-    again = await asyncio.to_thread(operator().execute, cast("Context", {}))
+    retried = await asyncio.to_thread(in_any_thread(operator().execute), cast("Context", {}))
+    again = await asyncio.to_thread(in_any_thread(operator().execute), cast("Context", {}))
     assert retried == again
     assert retried["status"] == "busy"
     assert {e.method for e in log_of(sim)} == {"GET"}
@@ -782,7 +779,7 @@ async def test_invalid_call_id_is_refused_before_any_request(call_id: Any, sim: 
         DialNexaGetCallOperator(task_id="fetch", call_id=call_id, dialnexa_conn_id=conn, wait_for_completion=True),
     ):
         with pytest.raises(InvalidCallIdError) as task_info:
-            await asyncio.to_thread(operator.execute, cast("Context", {}))
+            await asyncio.to_thread(in_any_thread(operator.execute), cast("Context", {}))
         _check_invalid(task_info.value)
     if isinstance(call_id, str):
         events = await run_triggers([make_trigger(call_id, conn, mode) for mode in MODES])

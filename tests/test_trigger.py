@@ -12,17 +12,15 @@ import functools
 import itertools
 import json
 import random
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import requests
+from _compat import AIRFLOW_V_3, Connection, capture_logs, deserialize, import_string, serialize
 from airflow.providers.common.compat.sdk import BaseHook
-from airflow.sdk.definitions.connection import Connection
-from airflow.sdk.module_loading import import_string  # type: ignore[attr-defined]
-from airflow.sdk.serde import deserialize, serialize
-from structlog.testing import capture_logs
 
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
@@ -386,15 +384,34 @@ def test_invalid_arguments_fail_at_construction() -> None:
 
 
 async def test_no_sync_http_and_no_sync_connection_lookup(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No blocking call on the trigger's event loop.
+
+    Airflow 3 looks the connection up asynchronously, so the sync lookup must never run. Airflow 2.11 has no
+    async lookup: ``common.compat`` runs the sync one in a worker thread, which is allowed there, off the loop.
+    """
+    loop_thread = threading.current_thread()
+    off_loop_lookups: list[str] = []
+
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("blocking call from the trigger's event loop")
+
+    def lookup_off_the_loop(original: Any) -> Any:
+        def lookup(*args: Any, **kwargs: Any) -> Any:
+            if AIRFLOW_V_3 or threading.current_thread() is loop_thread:
+                forbidden()
+            off_loop_lookups.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        return lookup
 
     monkeypatch.setattr(requests.Session, "request", forbidden)
     monkeypatch.setattr(requests.Session, "send", forbidden)
     monkeypatch.setattr(requests, "get", forbidden)
-    monkeypatch.setattr(BaseHook, "get_connection", classmethod(forbidden))
-    monkeypatch.setattr(DialNexaHook, "get_connection", classmethod(forbidden))
-    monkeypatch.setattr(Connection, "extra_dejson", property(forbidden))
+    sync_lookup = vars(BaseHook)["get_connection"].__func__
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(lookup_off_the_loop(sync_lookup)))
+    monkeypatch.setattr(DialNexaHook, "get_connection", classmethod(lookup_off_the_loop(sync_lookup)))
+    extra_dejson: property = vars(Connection)["extra_dejson"]
+    monkeypatch.setattr(Connection, "extra_dejson", property(lookup_off_the_loop(extra_dejson.fget)))
     per_call, batched = ended_call(sim, "voicemail"), ended_call(sim, "hangup")
     events = await asyncio.gather(
         only_event(DialNexaCallTrigger(per_call, polling="per_call", **FAST)),
@@ -403,6 +420,7 @@ async def test_no_sync_http_and_no_sync_connection_lookup(sim: Simulator, monkey
     )
     assert [event["status"] for event in events] == ["voicemail", "hangup"]
     assert [e.route for e in sim.requests()] == ["get", "list"]
+    assert bool(off_loop_lookups) is not AIRFLOW_V_3, off_loop_lookups  # 2.11: the lookups did run, in threads
 
 
 async def test_triggers_share_one_http_client_per_loop_and_connection(sim: Simulator) -> None:

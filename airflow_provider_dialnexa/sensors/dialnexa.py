@@ -34,6 +34,11 @@ __all__ = ["DEFAULT_CALL_TIMEOUT", "DialNexaCallSensor", "failure_status_set", "
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
+#: ``next_method`` and ``next_kwargs["error"]`` of a task Airflow 2.11's scheduler resumes because its deferral
+#: timed out (``SchedulerJobRunner.check_trigger_timeouts``). Airflow 3 says ``TriggerFailureReason``.
+_TRIGGER_FAIL = "__fail__"
+_AIRFLOW2_DEFERRAL_TIMEOUT = "Trigger/execution timeout"
+
 
 class DialNexaCallSensor(BaseSensorOperator):
     """Wait until a DialNexa call reaches a terminal status; push ``{"call_id", "status"}`` to XCom.
@@ -112,6 +117,16 @@ class DialNexaCallSensor(BaseSensorOperator):
         if first.is_done:
             return first.xcom_value
         self.defer(**deferral(self, self.poke_interval))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Airflow 2.11 fails a deferral that outlived ``timeout`` with a generic, retried ``TaskDeferralError``;
+        raise ``AirflowSensorTimeout`` (final, or a skip with ``soft_fail``) as Airflow 3 does."""
+        if next_method == _TRIGGER_FAIL and (next_kwargs or {}).get("error") == _AIRFLOW2_DEFERRAL_TIMEOUT:
+            timeout = AirflowSensorTimeout(f"DialNexa call {self.call_id!r} did not end within the sensor's timeout")
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping due to soft_fail: {timeout}") from timeout
+            raise timeout
+        return super().resume_execution(next_method, next_kwargs, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, str]:
         """Resume after the trigger: return the XCom, or raise the typed error the event stands for."""
