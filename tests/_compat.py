@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.sdk import DAG, Connection, TaskDeferred
-from packaging.version import Version
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_0_PLUS
 
 #: True on Airflow 3 (Task SDK), False on Airflow 2.11.
-AIRFLOW_V_3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0")
+AIRFLOW_V_3: bool = AIRFLOW_V_3_0_PLUS
 
 if AIRFLOW_V_3:
     from airflow.dag_processing.dagbag import DagBag

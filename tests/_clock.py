@@ -1,0 +1,64 @@
+"""A fake clock for the trigger's schedule: deadlines and poll intervals exact, whatever the machine's load.
+
+``drive_time(monkeypatch, start)`` swaps the ``time`` and ``asyncio`` modules that ``triggers.dialnexa`` (and
+``_poller``) see for shims: ``time.time()`` reads the fake clock, ``asyncio.sleep(d)`` records ``d``, moves the
+clock ``d`` ahead and only yields to the loop. Everything else (HTTP to the simulator, ``asyncio.gather``,
+futures, ``wait_for``) stays real, so each poll is still a real request; only waiting is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from airflow_provider_dialnexa import _poller
+from airflow_provider_dialnexa.triggers import dialnexa as trigger_module
+
+
+@dataclass
+class FakeClock:
+    now: float
+    #: Every ``asyncio.sleep`` the trigger asked for, in order (the poller's window sleeps are in ``windows``).
+    sleeps: list[float] = field(default_factory=list)
+    windows: list[float] = field(default_factory=list)
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float, into: list[float]) -> None:
+        into.append(delay)
+        self.now += max(0.0, delay)
+        await asyncio.sleep(0)
+
+
+class _Shim:
+    """A module's view of ``time`` or ``asyncio`` with a few names replaced."""
+
+    def __init__(self, real: ModuleType, **replaced: Any) -> None:
+        self._real = real
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def drive_time(monkeypatch: pytest.MonkeyPatch, start: float | None = None, *, poller: bool = True) -> FakeClock:
+    """Run the trigger (and, if ``poller``, the batch poller's window) on a fake clock starting at ``start``."""
+    clock = FakeClock(time.time() if start is None else start)
+
+    async def trigger_sleep(delay: float) -> None:
+        await clock.sleep(delay, clock.sleeps)
+
+    async def window_sleep(delay: float) -> None:
+        await clock.sleep(delay, clock.windows)
+
+    monkeypatch.setattr(trigger_module, "time", _Shim(time, time=clock.time))
+    monkeypatch.setattr(trigger_module, "asyncio", _Shim(asyncio, sleep=trigger_sleep))
+    if poller:
+        monkeypatch.setattr(_poller, "asyncio", _Shim(asyncio, sleep=window_sleep))
+    return clock
