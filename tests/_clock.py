@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,8 @@ class FakeClock:
     #: Every ``asyncio.sleep`` the trigger asked for, in order (the poller's window sleeps are in ``windows``).
     sleeps: list[float] = field(default_factory=list)
     windows: list[float] = field(default_factory=list)
+    #: Called with the window's number (1-based) as each batch window starts, before its List Calls.
+    on_window: Callable[[int], object] | None = None
 
     def time(self) -> float:
         return self.now
@@ -55,6 +58,8 @@ def drive_time(monkeypatch: pytest.MonkeyPatch, start: float | None = None, *, p
         await clock.sleep(delay, clock.sleeps)
 
     async def window_sleep(delay: float) -> None:
+        if clock.on_window is not None:
+            clock.on_window(len(clock.windows) + 1)
         await clock.sleep(delay, clock.windows)
 
     monkeypatch.setattr(trigger_module, "time", _Shim(time, time=clock.time))
