@@ -70,9 +70,13 @@ FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 ERROR_FAULTS: frozenset[str] = frozenset({"429", "500", "502_html", "503", "504"})
 
 
+#: Error statuses DialNexa documents (API facts 4.2): any of them can be a fault's ``kind``.
+DOCUMENTED_ERROR_STATUSES = frozenset({400, 401, 402, 403, 404, 409, 422, 429, 500, 502, 503, 504})
+
+
 def is_status_fault(kind: object) -> bool:
-    """Whether ``kind`` is a bare HTTP error status (``"402"``, ``"409"``, ``"422"``...): an error fault too."""
-    return isinstance(kind, str) and kind.isdigit() and len(kind) == 3 and 400 <= int(kind) <= 599
+    """Whether ``kind`` is a documented error status as a string (``"402"``, ``"409"``, ``"422"``...)."""
+    return isinstance(kind, str) and kind.isdigit() and int(kind) in DOCUMENTED_ERROR_STATUSES
 
 
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -241,8 +245,8 @@ class Fault:
     """A fault rule. It fires on the next ``count`` matching requests, with probability ``rate`` per matching
     request (seeded RNG), or — with neither — on every matching request until cleared or reset.
 
-    ``kind`` is one of ``FAULT_KINDS``, or any 4xx/5xx status code as a string (e.g. ``"402"``, ``"409"``,
-    ``"422"``): answered with that status in DialNexa's error envelope.
+    ``kind`` is one of ``FAULT_KINDS``, or any error status DialNexa documents, as a string (e.g. ``"402"``,
+    ``"409"``, ``"422"``): answered with that status in DialNexa's error envelope.
     """
 
     kind: FaultKind | str
@@ -255,7 +259,10 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS and not is_status_fault(self.kind):
-            raise ValueError(f"kind must be one of {FAULT_KINDS} or a 4xx/5xx status code, not {self.kind!r}")
+            raise ValueError(
+                f"kind must be one of {FAULT_KINDS} or one of DialNexa's error statuses "
+                f"{sorted(DOCUMENTED_ERROR_STATUSES)}, not {self.kind!r}"
+            )
         if self.route not in ("get", "list", "create", "any"):
             raise ValueError(f"route must be get, list, create or any, not {self.route!r}")
         if self.count is not None and self.rate is not None:
