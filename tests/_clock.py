@@ -29,11 +29,21 @@ class FakeClock:
     windows: list[float] = field(default_factory=list)
     #: Called with the window's number (1-based) as each batch window starts, before its List Calls.
     on_window: Callable[[int], object] | None = None
+    #: A sleep that would end after this time never ends (the clock stays where it was): the waiting task is
+    #: parked mid-wait, e.g. for a test to cancel it there. None: no limit.
+    park_after: float | None = None
+    parked: int = 0
 
     def time(self) -> float:
         return self.now
 
     async def sleep(self, delay: float, into: list[float]) -> None:
+        if self.park_after is not None and self.now + delay > self.park_after:
+            self.parked += 1
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                self.parked -= 1
         into.append(delay)
         self.now += max(0.0, delay)
         await asyncio.sleep(0)

@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import pytest
 import requests
+from _clock import drive_time
 from _compat import DAG, Connection, TaskDeferred, deserialize, import_string, in_any_thread, serialize
 from airflow.providers.common.compat.sdk import BaseHook
 from jinja2.exceptions import UndefinedError
@@ -591,63 +592,71 @@ def _success(sim: Simulator, call_id: str) -> dict[str, Any]:
 # == 4. Restarts and duplicates ============================================================================
 
 
-async def test_triggerer_restart_mid_wait_keeps_the_original_deadline(sim: Simulator, conns: Connections) -> None:
-    """Cancel running triggers mid-wait, rebuild them from ``serialize()`` through serde and run them again.
+async def test_triggerer_restart_mid_wait_keeps_the_original_deadline(
+    sim: Simulator, conns: Connections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel a trigger mid-wait, rebuild it from ``serialize()`` through serde and run it again.
 
-    Never-ending calls time out at the *original* ``end_time`` (a fresh deadline would lie >= 2 s later):
-    per_call sends no request after it; batched at most one batch window (1 s) after it. A call that ends
-    after the restart is reported with its status.
+    On a fake clock (``tests/_clock.py``), so every instant is exact whatever the machine's load: each wait
+    is parked at t0 + 2.5 s and cancelled there; the restart itself takes 0.5 s. Never-ending calls then time
+    out at the *original* ``end_time`` (t0 + 4.5 s; a fresh deadline would lie 4.5 s after the restart):
+    per_call sends no request after it; batched reads at most one batch window (1 s) after its last check. A
+    call that ends after the restart is reported with its status.
     """
     conn = conns("dnx_restart")
-    t0 = time.time()
+    clock = drive_time(monkeypatch)
+    t0 = clock.now
     end_time = t0 + 4.5
     endless = {mode: sim.create_call(outcome="completed", queued_s=0, ring_s=0, talk_s=3600) for mode in MODES}
-    ending = quick_call(sim, "voicemail", after=4.0)
+    ending = sim.create_call(outcome="voicemail", queued_s=0, ring_s=0, talk_s=3600)
     steady: dict[str, Any] = {"first_poll_delay": 0, "poll_growth": 1.0, "poll_jitter": 0.0}
     originals = [DialNexaCallTrigger(endless[m], conn, 1, end_time, polling=m, **steady) for m in MODES]
     originals.append(DialNexaCallTrigger(ending, conn, 1, t0 + 60, polling="per_call", **steady))
-    tasks = [asyncio.create_task(run_trigger(rebuild(t))) for t in originals]
-    # mid-wait: per_call has polled 3 times (t0, +1, +2), batched twice (+1, +2: the first read waits a window)
-    await until(lambda: len(log_of(sim, endless["per_call"])) >= 3, "per_call has polled three times")
-    await until(lambda: len(log_of(sim, endless["batched"])) >= 2, "batched has polled twice")
-    assert not any(task.done() for task in tasks), "set-up: every wait is still running at the restart"
-    for task in tasks:
+    # per_call polls at t0, +1, +2 before the park; batched reads a window after each check: +1, +2
+    polls_before = [3, 2, 3]
+
+    for trigger, call_id, expected_before in zip(originals, [*endless.values(), ending], polls_before, strict=True):
+        clock.now, clock.park_after = t0, t0 + 2.5
+        task = asyncio.create_task(run_trigger(rebuild(trigger)))
+        await until(lambda: clock.parked == 1, "the trigger is parked mid-wait")
+        assert not task.done(), "set-up: the wait is still running at the restart"
         task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-    assert no_tasks_left(), "a cancelled trigger must leave no poller or task behind"
-    restarted_at = time.time()
-    assert restarted_at + (end_time - t0) >= end_time + 2, "set-up: a fresh deadline would lie >= 2 s later"
-    before = {c: len(log_of(sim, c)) for c in [*endless.values(), ending]}
-
-    async def timed(trigger: DialNexaCallTrigger) -> tuple[dict[str, Any], float]:
-        return await run_trigger(trigger), time.time()
-
-    try:
-        results_after = await asyncio.gather(*(timed(rebuild(t)) for t in originals))
-    finally:
+        results = await asyncio.gather(task, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError), results
+        assert no_tasks_left(), "a cancelled trigger must leave no poller or task behind"
+        before = len(log_of(sim, call_id))
+        assert before == expected_before, (trigger.polling, before)
+        clock.park_after = None
+        clock.now += 0.5  # the restart
+        restarted_at = clock.now
+        if call_id == ending:
+            sim.set_status(ending, "voicemail")  # the call ends while no trigger watches it
+        event = await run_trigger(rebuild(trigger))
         await close_async_clients()
-    (per_call, per_call_at), (batched, batched_at), (ended, _) = results_after
-
-    for mode, event, at in (("per_call", per_call, per_call_at), ("batched", batched, batched_at)):
-        call_id = endless[mode]
+        requests_after = len(log_of(sim, call_id)) - before
+        if call_id == ending:
+            assert event == _success(sim, ending)
+            assert requests_after == 1
+            figures("restart/call-ends-after-restart", event=f"success/{event['status']}", requests=before + 1)
+            continue
+        mode = trigger.polling
         assert event["event"] == "timeout", event
         assert event["last_status"] == "in_progress"
         assert_clean_event(event)
-        assert end_time <= at < end_time + 1.5, f"{mode}: timed out {at - end_time:+.2f} s from the original deadline"
-        seen = log_of(sim, call_id)
-        assert len(seen) > before[call_id], "the rebuilt trigger polls again"
-        late = max(e.t for e in seen) - end_time
-        assert late < (0 if mode == "per_call" else 1.2), f"{mode}: a request {late:+.2f} s after the deadline"
+        assert restarted_at + 4.5 > end_time + 2, "set-up: a fresh deadline would lie >= 2 s later"
+        if mode == "per_call":  # polls at +2.5 and +3.5; the next wait is cut to the deadline, then no poll
+            assert clock.now == pytest.approx(end_time)
+            assert requests_after == 2
+        else:  # checks at +2.5 and +3.5, each read one window later (+3.5, +4.5): at most 1 s past its check
+            assert end_time <= clock.now <= end_time + 1.0 + 1e-6
+            assert requests_after == 2
         figures(
             f"restart/{mode}",
             event="timeout",
-            requests_before=before[call_id],
-            requests_after=len(seen) - before[call_id],
-            event_after_deadline_s=f"{at - end_time:.2f}",
+            requests_before=before,
+            requests_after=requests_after,
+            event_after_deadline_s=f"{clock.now - end_time:.2f}",
         )
-    assert ended == _success(sim, ending)
-    figures("restart/call-ends-after-restart", event=f"success/{ended['status']}", requests=len(log_of(sim, ending)))
 
 
 async def test_the_same_trigger_twice_at_once(sim: Simulator, conns: Connections) -> None:
