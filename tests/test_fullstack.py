@@ -244,7 +244,7 @@ def test_example_dag_defers_and_loads_in_a_real_airflow(stack: Stack, tmp_path: 
 
     # XCom holds the sensors' outcomes and the fetched records (phone numbers masked).
     xcom: dict[tuple[str, int], Any] = {
-        (task, index): json.loads(value) if isinstance(value, str) else value
+        (task, index): json.loads(value) if isinstance(value, str | bytes) else value  # 2.11 stores bytes
         for task, index, value in stack.query(
             "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value'",
             DAG_ID,

@@ -874,9 +874,9 @@ def _all_paths(conn: str, call_id: str) -> Iterator[tuple[str, Callable[[], obje
     sensor = DialNexaCallSensor(
         task_id="wait", call_id=call_id, dialnexa_conn_id=conn, deferrable=True, poke_interval=1
     )
-    yield "sensor.execute", lambda: sensor.execute(cast("Context", {}))
+    yield "sensor.execute", lambda: in_any_thread(sensor.execute)(cast("Context", {}))
     operator = DialNexaGetCallOperator(task_id="fetch", call_id=call_id, dialnexa_conn_id=conn)
-    yield "operator.execute", lambda: operator.execute(cast("Context", {}))
+    yield "operator.execute", lambda: in_any_thread(operator.execute)(cast("Context", {}))
 
 
 def _conn_id(label: str) -> str:
@@ -957,8 +957,18 @@ async def test_wrong_key_is_one_request_and_no_retry(sim: Simulator, conns: Conn
 # -- operator options --------------------------------------------------------------------------------------
 
 
+def shown(out: str, caplog: pytest.LogCaptureFixture) -> str:
+    """What a user sees logged: Airflow 3 prints task and trigger logs (structlog) to stdout; Airflow 2.11 logs
+    them through the standard library, where pytest's log capture holds them."""
+    return out + "\n" + "\n".join(record.getMessage() for record in caplog.records)
+
+
 def test_operator_field_options(
-    sim: Simulator, conns: Connections, exposure: Exposure, capfd: pytest.CaptureFixture[str]
+    sim: Simulator,
+    conns: Connections,
+    exposure: Exposure,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """As documented: include and exclude together, or an empty include, fail at DAG parse (ValueError);
     unknown names are accepted (DialNexa spells fields several ways) and an unmatched include logs a warning."""
@@ -981,14 +991,18 @@ def test_operator_field_options(
     assert len(log_of(sim)) == 2
     out = capfd.readouterr().out
     exposure.watch("stdout", out)
-    assert "include_fields ['no_such_field'] matched no field" in out
+    assert "include_fields ['no_such_field'] matched no field" in shown(out, caplog)
 
 
 # == 6. Secrets and personal data ===========================================================================
 
 
 async def test_key_and_personal_data_surface_nowhere(
-    sim: Simulator, conns: Connections, exposure: Exposure, capfd: pytest.CaptureFixture[str]
+    sim: Simulator,
+    conns: Connections,
+    exposure: Exposure,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A mixed run of every path with a recognisable key; the autouse guard scans all it exposed.
 
@@ -1064,8 +1078,9 @@ async def test_key_and_personal_data_surface_nowhere(
     out, err = capfd.readouterr()
     exposure.watch("stdout", out)
     exposure.watch("stderr", err)
-    assert "retry 1 of 1" in out, "the guard must see the hook's retry warnings"
-    assert "polling again" in out, "the guard must see the trigger's poll warnings"
+    logged = shown(out, caplog)  # the autouse guard scans caplog's records too
+    assert "retry 1 of 1" in logged, "the guard must see the hook's retry warnings"
+    assert "polling again" in logged, "the guard must see the trigger's poll warnings"
     assert any("HTTP 401" in text for _, text in exposure.items)
     figures(
         "secrets",
