@@ -55,7 +55,7 @@ PY313_PYTHON ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.
 
 $(PY313_STAMP): pyproject.toml constraints.txt | $(STAMP)
 	test -x $(PY313)/bin/python || $(BIN)/uv venv --quiet --python $(PY313_PYTHON) $(PY313)
-	$(BIN)/uv pip install --quiet --python $(PY313)/bin/python -c constraints.txt -e ".[test]"
+	$(BIN)/uv pip install --quiet --python $(PY313)/bin/python -c constraints.txt -e ".[test,bench]"
 	touch $(PY313_STAMP)
 
 ifeq ($(PY313_PYTHON),)
