@@ -23,7 +23,7 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.providers.common.compat.sdk import DAG, Param, get_current_context, task
 
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator

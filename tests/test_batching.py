@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_dialnexa import _poller as poller_module
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._poller import BatchPoller, active_pollers
 from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook, close_async_clients
@@ -98,9 +99,29 @@ def ended_calls(sim: Simulator, n: int, **spec: Any) -> list[str]:
     return sim.create_calls(n, queued_s=0, ring_s=0, talk_s=0, **spec)
 
 
-def ending_calls(sim: Simulator, n: int, after: float = 1.5) -> list[str]:
-    """Calls that are ``initiated`` for ``after`` seconds, then ``busy``."""
-    return [sim.create_call(outcome="busy", queued_s=0, ring_s=after, talk_s=0) for _ in range(n)]
+def ending_calls(sim: Simulator, n: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Calls that are ``initiated`` at the poller's first tick and ``busy`` from its second on.
+
+    Not a ring time (a loaded machine can delay the first tick past it): the calls ring until the poller,
+    having finished its first tick, starts waiting for the next, and only then end.
+    """
+    calls = [sim.create_call(outcome="busy", queued_s=0, ring_s=3600, talk_s=0) for _ in range(n)]
+    windows = 0
+
+    class _Asyncio:  # the poller's view of asyncio: its window sleeps are counted
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def sleep(self, delay: float) -> None:
+            nonlocal windows
+            windows += 1
+            if windows == 2:  # the first tick is over; the second has not started
+                for call_id in calls:
+                    sim.set_status(call_id, "busy")
+            await asyncio.sleep(delay)
+
+    monkeypatch.setattr(poller_module, "asyncio", _Asyncio())
+    return calls
 
 
 def expect_success(sim: Simulator, events: list[dict[str, Any]]) -> None:
@@ -143,8 +164,10 @@ async def test_a_thousand_waits_share_five_list_requests(sim: Simulator) -> None
     assert poller_tasks() == []
 
 
-async def test_each_tick_sends_one_list_request_per_200_due_waits(sim: Simulator) -> None:
-    ended, running = ended_calls(sim, 250), ending_calls(sim, 200)
+async def test_each_tick_sends_one_list_request_per_200_due_waits(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ended, running = ended_calls(sim, 250), ending_calls(sim, 200, monkeypatch)
     events = await events_of([trigger(call_id) for call_id in ended + running])
     expect_success(sim, events)
     assert {event["status"] for event in events[250:]} == {"busy"}
@@ -201,12 +224,12 @@ async def test_an_unexpected_error_in_a_batch_ends_its_waits(sim: Simulator, mon
 # -- deployments that list differently ---------------------------------------------------------------
 
 
-async def test_envelope_list_capped_at_100_ids(sim: Simulator) -> None:
+async def test_envelope_list_capped_at_100_ids(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """Mintlify's List Calls: ``{data, meta}`` and a limit capped at 100. The poller learns the cap from
     ``meta.limit``, lists the ids a capped page could not hold, and batches 100 ids from then on.
     """
     sim.configure(list_style="envelope")
-    ended, running = ended_calls(sim, 250), ending_calls(sim, 150)
+    ended, running = ended_calls(sim, 250), ending_calls(sim, 150, monkeypatch)
     events = await events_of([trigger(call_id) for call_id in ended + running])
     expect_success(sim, events)
     assert sim.requests(route="get") == []  # every id was listed; none needed Get Call

@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from _compat import capture_logs
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
-from structlog.testing import capture_logs
 
 from airflow_provider_dialnexa._http import DEFAULT_BASE_URL, ConnectionSettings, settings_from_connection
 from airflow_provider_dialnexa.exceptions import DialNexaConfigError

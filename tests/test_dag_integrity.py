@@ -8,7 +8,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
+from _compat import DagBag, dag_bag
 from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
@@ -32,8 +32,7 @@ def parse(folder: Path) -> DagBag:
         mock.patch.object(socket.socket, "connect", _forbidden("network connect")),
         mock.patch.object(socket, "create_connection", _forbidden("network connect")),
     ):
-        # Airflow 3.3's DagBag never adds example DAGs (its include_examples flag is gone).
-        return DagBag(dag_folder=str(folder))
+        return dag_bag(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_example_dag_shape(dagbag: DagBag) -> None:
 
 BAD_DAG = """
 from datetime import datetime
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 
 with DAG("reads_a_connection_at_parse_time", schedule=None, start_date=datetime(2026, 1, 1)):

@@ -9,6 +9,9 @@ until every sensor is DEFERRED, only then ends the calls in the simulator, and w
 succeed. Deferral is therefore certain, not a matter of timing, and is checked three ways: the observed
 ``deferred`` state, the audit log's ``deferred`` events, and List Calls requests that only the
 triggerer's batched polling sends.
+
+On Airflow 2.11 the stack is scheduler (which also parses DAGs) and triggerer, with SequentialExecutor
+(2.11 refuses LocalExecutor on SQLite), and the audit log has no ``deferred`` events.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from _compat import AIRFLOW_V_3
 
 from airflow_provider_dialnexa.simulator import SimulatorProcess
 
@@ -149,7 +153,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                # Airflow 2.11 refuses LocalExecutor on SQLite: it runs one task at a time (deferred ones
+                # free their slot, so the four sensors still all defer).
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor" if AIRFLOW_V_3 else "SequentialExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "4",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
                 "AIRFLOW__API_AUTH__JWT_SECRET": "fullstack-test-jwt-secret-0123456789abcdef",
@@ -159,14 +165,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     {"conn_type": "dialnexa", "host": sim.url, "password": API_KEY}
                 ),
                 "DIALNEXA_DEMO_DB": str(home / "unused_default.db"),
+                # Executors start `airflow tasks run ...` by name: this interpreter's `airflow` first.
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             }
         )
         stack = Stack(home, env, sim)
         stack.airflow("db", "migrate", timeout=300)
         try:
-            stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(api_port))
-            stack.start("scheduler")
-            stack.start("dag-processor")
+            if AIRFLOW_V_3:
+                stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(api_port))
+                stack.start("scheduler")
+                stack.start("dag-processor")
+            else:  # Airflow 2.11: tasks talk to the DB directly, and the scheduler parses DAGs itself
+                stack.start("scheduler")
             stack.start("triggerer")
             yield stack
         finally:
@@ -224,14 +235,16 @@ def test_example_dag_defers_and_loads_in_a_real_airflow(stack: Stack, tmp_path: 
         DAG_ID,
         RUN_ID,
     )
-    assert sorted(m for (m,) in deferred) == [0, 1, 2, 3]
+    # Airflow 2.11 writes no `deferred` audit entry; there the observed DEFERRED states above and the
+    # triggerer's List Calls below are the evidence.
+    assert sorted(m for (m,) in deferred) == ([0, 1, 2, 3] if AIRFLOW_V_3 else [])
     # The triggerer polled with batched List Calls requests naming the calls (tasks only send Get Call).
     listed = {call_id for entry in sim.requests(route="list") for call_id in entry.call_ids}
     assert set(OUTCOMES) <= listed
 
     # XCom holds the sensors' outcomes and the fetched records (phone numbers masked).
     xcom: dict[tuple[str, int], Any] = {
-        (task, index): json.loads(value) if isinstance(value, str) else value
+        (task, index): json.loads(value) if isinstance(value, str | bytes) else value  # 2.11 stores bytes
         for task, index, value in stack.query(
             "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value'",
             DAG_ID,

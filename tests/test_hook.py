@@ -24,8 +24,8 @@ import httpx
 import pytest
 import requests
 import uvicorn
+from _compat import capture_logs
 from airflow.providers.common.compat.connection import get_async_connection
-from structlog.testing import capture_logs
 
 import airflow_provider_dialnexa
 from airflow_provider_dialnexa import policy

@@ -12,17 +12,16 @@ import functools
 import itertools
 import json
 import random
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import requests
+from _clock import drive_time
+from _compat import AIRFLOW_V_3, Connection, capture_logs, deserialize, import_string, serialize
 from airflow.providers.common.compat.sdk import BaseHook
-from airflow.sdk.definitions.connection import Connection
-from airflow.sdk.module_loading import import_string  # type: ignore[attr-defined]
-from airflow.sdk.serde import deserialize, serialize
-from structlog.testing import capture_logs
 
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
@@ -174,9 +173,13 @@ async def test_deadline_already_passed_times_out_without_a_request(sim: Simulato
 
 
 @pytest.mark.parametrize("polling", MODES)
-async def test_deadline_passes_while_the_call_runs(sim: Simulator, polling: str) -> None:
+async def test_deadline_passes_while_the_call_runs(
+    sim: Simulator, polling: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fake clock (tests/_clock.py): the schedule is exact, so the count of polls is too."""
+    clock = drive_time(monkeypatch)
     call_id = endless_call(sim)
-    end_time = time.time() + 1.5
+    end_time = clock.now + 1.5
     event = await only_event(DialNexaCallTrigger(call_id, end_time=end_time, polling=polling, **FAST))
     assert event["event"] == "timeout"
     assert event["last_status"] == "initiated"
@@ -185,7 +188,11 @@ async def test_deadline_passes_while_the_call_runs(sim: Simulator, polling: str)
     assert log, "the call was polled before the deadline"
     if polling == "per_call":  # no poll the deadline did not leave room for
         assert len(log) == 2  # at 0 s and 1 s; the next one would be after the deadline
-        assert all(entry.t < end_time for entry in log)
+        assert clock.sleeps == pytest.approx([0, 1, 0.5])  # the last wait is cut to the deadline, then no poll
+    else:  # polls at 0 s and 1 s, each answered one batch window later; the deadline passed in the second
+        assert len(log) == 2
+        assert clock.windows == [1.0, 1.0]
+    assert clock.now >= end_time
 
 
 # -- failures ----------------------------------------------------------------------------------------
@@ -386,15 +393,34 @@ def test_invalid_arguments_fail_at_construction() -> None:
 
 
 async def test_no_sync_http_and_no_sync_connection_lookup(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No blocking call on the trigger's event loop.
+
+    Airflow 3 looks the connection up asynchronously, so the sync lookup must never run. Airflow 2.11 has no
+    async lookup: ``common.compat`` runs the sync one in a worker thread, which is allowed there, off the loop.
+    """
+    loop_thread = threading.current_thread()
+    off_loop_lookups: list[str] = []
+
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("blocking call from the trigger's event loop")
+
+    def lookup_off_the_loop(original: Any) -> Any:
+        def lookup(*args: Any, **kwargs: Any) -> Any:
+            if AIRFLOW_V_3 or threading.current_thread() is loop_thread:
+                forbidden()
+            off_loop_lookups.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        return lookup
 
     monkeypatch.setattr(requests.Session, "request", forbidden)
     monkeypatch.setattr(requests.Session, "send", forbidden)
     monkeypatch.setattr(requests, "get", forbidden)
-    monkeypatch.setattr(BaseHook, "get_connection", classmethod(forbidden))
-    monkeypatch.setattr(DialNexaHook, "get_connection", classmethod(forbidden))
-    monkeypatch.setattr(Connection, "extra_dejson", property(forbidden))
+    sync_lookup = vars(BaseHook)["get_connection"].__func__
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(lookup_off_the_loop(sync_lookup)))
+    monkeypatch.setattr(DialNexaHook, "get_connection", classmethod(lookup_off_the_loop(sync_lookup)))
+    extra_dejson: property = vars(Connection)["extra_dejson"]
+    monkeypatch.setattr(Connection, "extra_dejson", property(lookup_off_the_loop(extra_dejson.fget)))
     per_call, batched = ended_call(sim, "voicemail"), ended_call(sim, "hangup")
     events = await asyncio.gather(
         only_event(DialNexaCallTrigger(per_call, polling="per_call", **FAST)),
@@ -403,24 +429,25 @@ async def test_no_sync_http_and_no_sync_connection_lookup(sim: Simulator, monkey
     )
     assert [event["status"] for event in events] == ["voicemail", "hangup"]
     assert [e.route for e in sim.requests()] == ["get", "list"]
+    assert bool(off_loop_lookups) is not AIRFLOW_V_3, off_loop_lookups  # 2.11: the lookups did run, in threads
 
 
-async def test_triggers_share_one_http_client_per_loop_and_connection(sim: Simulator) -> None:
-    """20 waits in per-call mode, staggered so requests do not overlap: a shared keep-alive client reuses
-    one or two connections, where a client per trigger would open 20.
+async def test_triggers_share_one_http_client_per_loop_and_connection(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 waits in per-call mode, one after another on one loop (on a fake clock, so no request ever overlaps
+    another, whatever the load): a shared keep-alive client reuses its connection, where a client per trigger
+    would open 20.
     """
+    drive_time(monkeypatch)
     calls = [ended_call(sim) for _ in range(20)]
     for call_id in calls:
         sim.script(call_id, ["initiated", "completed"])
-    triggers = [
-        DialNexaCallTrigger(call_id, polling="per_call", **{**FAST, "first_poll_delay": 0.05 * i})
-        for i, call_id in enumerate(calls)
-    ]
-    events = await asyncio.gather(*(only_event(trigger) for trigger in triggers))
+    events = [await only_event(DialNexaCallTrigger(call_id, polling="per_call", **FAST)) for call_id in calls]
     assert {event["status"] for event in events} == {"completed"}
     stats = sim.stats()
     assert stats["requests"] == 40
-    assert stats["connections"] <= 3, stats
+    assert stats["connections"] <= 2, stats
     state = hook_module._loop_states[asyncio.get_running_loop()]
     assert list(state.clients) == [CONN_ID]
 

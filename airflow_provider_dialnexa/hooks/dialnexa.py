@@ -19,7 +19,7 @@ from airflow.providers.common.compat.connection import get_async_connection, get
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
 from tenacity import AsyncRetrying, Retrying
 
-from airflow_provider_dialnexa import UI_FIELD_BEHAVIOUR
+from airflow_provider_dialnexa import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from airflow_provider_dialnexa._http import (
     CORRELATION_KEY,
     ConnectionSettings,
@@ -226,6 +226,34 @@ class DialNexaHook(BaseHook):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """The connection form for Airflow < 3.2 (3.2+ reads the same dict from provider info)."""
         return UI_FIELD_BEHAVIOUR
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The connection form's extra fields for Airflow < 3.2 (3.2+ reads ``conn-fields`` from provider info
+        and never calls this). Built from the same ``CONN_FIELDS``; the web server's form libraries are imported
+        only here."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import NumberRange, Optional
+
+        widgets: dict[str, Any] = {}
+        for name, field in CONN_FIELDS.items():
+            schema = field["schema"]
+            kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            validators: list[Any] = [Optional()]
+            if "integer" in kinds:
+                validators.append(NumberRange(min=schema.get("minimum"), max=schema.get("maximum")))
+                field_class: Any = IntegerField
+            else:  # numbers may be fractional, and `polling` is a string: the hook validates both
+                field_class = StringField
+            widgets[name] = field_class(
+                lazy_gettext(field["label"]),
+                description=field["description"],
+                validators=validators,
+                widget=BS3TextFieldWidget(),
+            )
+        return widgets
 
     # -- connection ---------------------------------------------------------------------------------
 

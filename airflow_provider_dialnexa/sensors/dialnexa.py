@@ -34,6 +34,11 @@ __all__ = ["DEFAULT_CALL_TIMEOUT", "DialNexaCallSensor", "failure_status_set", "
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
+#: ``next_method`` and ``next_kwargs["error"]`` of a task Airflow 2.11's scheduler resumes because its deferral
+#: timed out (``SchedulerJobRunner.check_trigger_timeouts``). Airflow 3 says ``TriggerFailureReason``.
+_TRIGGER_FAIL = "__fail__"
+_AIRFLOW2_DEFERRAL_TIMEOUT = "Trigger/execution timeout"
+
 
 class DialNexaCallSensor(BaseSensorOperator):
     """Wait until a DialNexa call reaches a terminal status; push ``{"call_id", "status"}`` to XCom.
@@ -121,7 +126,15 @@ class DialNexaCallSensor(BaseSensorOperator):
         in deferrable mode but fail in poke mode. The skip it raises chains the original error: an error that
         is not a timeout or a declared failure is raised again instead, failing the task in every mode.
         ``never_fail`` keeps Airflow's meaning (skip on any error).
+
+        Airflow 2.11 fails a deferral that outlived ``timeout`` with a generic, retried ``TaskDeferralError``;
+        that becomes ``AirflowSensorTimeout`` (final, or a skip with ``soft_fail``) as on Airflow 3.
         """
+        if next_method == _TRIGGER_FAIL and (next_kwargs or {}).get("error") == _AIRFLOW2_DEFERRAL_TIMEOUT:
+            timeout = AirflowSensorTimeout(f"DialNexa call {self.call_id!r} did not end within the sensor's timeout")
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping due to soft_fail: {timeout}") from timeout
+            raise timeout
         try:
             return super().resume_execution(next_method, next_kwargs, context)
         except AirflowSkipException as skip:

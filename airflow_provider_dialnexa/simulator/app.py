@@ -15,7 +15,14 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
-from airflow_provider_dialnexa.simulator.state import ERROR_FAULTS, ApiError, Fault, SimState, split_csv
+from airflow_provider_dialnexa.simulator.state import (
+    ERROR_FAULTS,
+    ApiError,
+    Fault,
+    SimState,
+    is_status_fault,
+    split_csv,
+)
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -73,7 +80,7 @@ def _error(status: int, message: str | list[str], headers: tuple[tuple[bytes, by
 
 
 def _fault_reply(fault: Fault) -> Reply:
-    """The answer of an error fault (429/5xx)."""
+    """The answer of an error fault (429/5xx, or any status code given as the kind)."""
     if fault.kind == "502_html":
         return Reply(502, _HTML_502, HTML)
     status = int(fault.kind)
@@ -291,7 +298,7 @@ class SimulatorApp:
             except asyncio.CancelledError:  # server shutting down mid-delay: end quietly, not with a traceback
                 raise SimulatedReset("shutdown during a simulated delay") from None
             now = time.time()  # the call's lifecycle moved on while we slept
-        if fault is not None and fault.kind in ERROR_FAULTS:
+        if fault is not None and (fault.kind in ERROR_FAULTS or is_status_fault(fault.kind)):
             return _fault_reply(fault), False
         try:
             if route == "get":

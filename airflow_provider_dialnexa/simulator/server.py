@@ -17,15 +17,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import TYPE_CHECKING, Any, Self, Unpack
 from urllib.parse import quote, unquote
 
 import httpx
-import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
 from airflow_provider_dialnexa.simulator.app import SimulatorApp, control, install_log_filter
 from airflow_provider_dialnexa.simulator.state import DEFAULT_API_KEY, CallPlan, CallSpec, Fault, LogEntry, SimState
+
+if TYPE_CHECKING:
+    import uvicorn
 
 DEFAULT_HOST = "127.0.0.1"
 URL_PREFIX = "DIALNEXA_SIMULATOR_URL="
@@ -40,7 +41,18 @@ class SimulatorError(RuntimeError):
 
 
 def build_server(app: SimulatorApp, log_level: str = "warning", *, configure_logging: bool = False) -> uvicorn.Server:
-    """A uvicorn server tuned for many keep-alive clients. Logging config is left alone unless asked (CLI)."""
+    """A uvicorn server tuned for many keep-alive clients. Logging config is left alone unless asked (CLI).
+
+    uvicorn is imported here, not at module level: it comes with the ``simulator`` extra, and the provider
+    (which never serves anything) must import without it.
+    """
+    try:
+        import uvicorn
+        from uvicorn.config import LOGGING_CONFIG
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the DialNexa simulator needs uvicorn: pip install 'airflow-provider-dialnexa[simulator]'"
+        ) from exc
     config = uvicorn.Config(
         app,
         log_level=log_level,

@@ -83,6 +83,17 @@ FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 #: Faults answered with an error status instead of running the route (no side effect, e.g. no call created).
 ERROR_FAULTS: frozenset[str] = frozenset({"429", "500", "502_html", "503", "504"})
 ERROR_FAULTS |= {"400", "402", "403", "404", "409", "422"}  # Create Call refusals: nothing is created either
+
+
+#: Error statuses DialNexa documents (API facts 4.2): any of them can be a fault's ``kind``.
+DOCUMENTED_ERROR_STATUSES = frozenset({400, 401, 402, 403, 404, 409, 422, 429, 500, 502, 503, 504})
+
+
+def is_status_fault(kind: object) -> bool:
+    """Whether ``kind`` is a documented error status as a string (``"402"``, ``"409"``, ``"422"``...)."""
+    return isinstance(kind, str) and kind.isdigit() and int(kind) in DOCUMENTED_ERROR_STATUSES
+
+
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 LIST_MAX_LIMIT = 200
@@ -248,9 +259,12 @@ class CallPlan:
 class Fault:
     """A fault rule. It fires on the next ``count`` matching requests, with probability ``rate`` per matching
     request (seeded RNG), or — with neither — on every matching request until cleared or reset.
+
+    ``kind`` is one of ``FAULT_KINDS``, or any error status DialNexa documents, as a string (e.g. ``"402"``,
+    ``"409"``, ``"422"``): answered with that status in DialNexa's error envelope.
     """
 
-    kind: FaultKind
+    kind: FaultKind | str
     route: FaultRoute = "any"
     call_id: str | None = None
     count: int | None = None
@@ -259,8 +273,11 @@ class Fault:
     delay_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"kind must be one of {FAULT_KINDS}, not {self.kind!r}")
+        if self.kind not in FAULT_KINDS and not is_status_fault(self.kind):
+            raise ValueError(
+                f"kind must be one of {FAULT_KINDS} or one of DialNexa's error statuses "
+                f"{sorted(DOCUMENTED_ERROR_STATUSES)}, not {self.kind!r}"
+            )
         if self.route not in ("get", "list", "create", "any"):
             raise ValueError(f"route must be get, list, create or any, not {self.route!r}")
         if self.count is not None and self.rate is not None:

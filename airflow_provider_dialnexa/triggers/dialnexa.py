@@ -165,6 +165,8 @@ class DialNexaCallTrigger(BaseTrigger):
     async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], lead: Callable[[], float]) -> TriggerEvent:
         polls = failures = 0
         delay = self._first_delay()
+        # The default first wait is already interval 0 of the schedule: the wait after poll n is then interval n.
+        skip = 1 if self.first_poll_delay is None else 0
         last_status: str | None = None
         warned: set[str] = set()
         while True:
@@ -214,7 +216,7 @@ class DialNexaCallTrigger(BaseTrigger):
                 self.log.warning(
                     "DialNexa call %r has undocumented status %r; treating it as still running", self.call_id, raw
                 )
-            delay = self._policy.interval(polls - 1)
+            delay = self._policy.interval(polls - 1 + skip)
 
 
 def _no_lead() -> float:
