@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.providers.common.compat.sdk import ObjectStoragePath
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.providers.common.compat.sdk import DAG, ObjectStoragePath, Param, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from airflow_provider_dialnexa import status as call_status

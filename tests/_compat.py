@@ -112,6 +112,25 @@ def capture_logs() -> Iterator[list[MutableMapping[str, Any]]]:
             logger.removeHandler(handler)
 
 
+def return_values(run_id: str, dag_id: str) -> dict[str, dict[int, Any]]:
+    """The ``return_value`` XComs of one DAG run, by task id and map index (-1 for unmapped tasks)."""
+    from airflow.utils.session import create_session
+
+    values: dict[str, dict[int, Any]] = {}
+    with create_session() as session:
+        if AIRFLOW_V_3:
+            rows: list[Any] = list(
+                session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id, key="return_value"))
+            )
+        else:  # Airflow 2.11: get_many returns a Query bound to the session it is given
+            rows = list(XComModel.get_many(run_id=run_id, dag_ids=dag_id, key="return_value", session=session))  # type: ignore[call-arg,call-overload]
+        for row in rows:
+            # Airflow 2.11's model deserializes the value when it loads the row
+            value = XComModel.deserialize_value(row) if AIRFLOW_V_3 else row.value
+            values.setdefault(row.task_id, {})[row.map_index] = value
+    return values
+
+
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3",
@@ -126,6 +145,7 @@ __all__ = [
     "deserialize",
     "import_string",
     "in_any_thread",
+    "return_values",
     "serialize",
     "trigger_timeout_kwargs",
 ]

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
+from _compat import capture_logs, dag_bag, return_values
 
 from airflow_provider_dialnexa._http import CORRELATION_KEY, validate_phone_number
 from airflow_provider_dialnexa.exceptions import (
@@ -456,19 +456,10 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def run_dag(dags: Path, dag_id: str, conf: dict[str, Any]) -> tuple[str, str, dict[str, dict[int, Any]]]:
     """``dag.test()`` the DAG; return the run's state, its id and its ``return_value`` XComs by task and map index."""
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    bag = DagBag(dag_folder=str(dags))
+    bag = dag_bag(str(dags))
     assert bag.import_errors == {}
     run = bag.dags[dag_id].test(run_conf=conf)
-    xcoms: dict[str, dict[int, Any]] = {}
-    with create_session() as session:
-        query = XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value")
-        rows: list[Any] = list(session.scalars(query))
-        for row in rows:
-            xcoms.setdefault(row.task_id, {})[row.map_index] = XComModel.deserialize_value(row)
+    xcoms = return_values(run.run_id, dag_id)
     return str(run.state), run.run_id, xcoms
 
 

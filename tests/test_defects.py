@@ -435,7 +435,7 @@ SOFT_FAIL_DAG = textwrap.dedent(
     import os
     from datetime import datetime
 
-    from airflow.sdk import DAG
+    from airflow.providers.common.compat.sdk import DAG
 
     from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _compat import AIRFLOW_V_3, capture_logs, dag_bag, return_values
 from airflow.providers.common.compat.sdk import TaskDeferred
-from structlog.testing import capture_logs
 
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._http import as_utc, iso_utc
@@ -564,18 +564,10 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def run_dag(dags: Path, dag_id: str, **test_kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """``dag.test()`` the DAG; return the run and its ``return_value`` XComs by task id (unmapped tasks)."""
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    bag = DagBag(dag_folder=str(dags))
+    bag = dag_bag(str(dags))
     assert bag.import_errors == {}
     run = bag.dags[dag_id].test(**test_kwargs)
-    with create_session() as session:
-        rows: list[Any] = list(
-            session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value"))
-        )
-        return run, {row.task_id: XComModel.deserialize_value(row) for row in rows}
+    return run, {task_id: by_index[-1] for task_id, by_index in return_values(run.run_id, dag_id).items()}
 
 
 def test_a_real_dag_run_defers_until_the_calls_end_then_exports(
@@ -619,7 +611,8 @@ def test_the_example_dag_exports_and_loads_adjacent_hours_exactly_once(
     loads = []
     for hour in (T0, T0 + timedelta(hours=1), T0):  # the last run repeats the first hour
         # A manual run at a boundary covers the hour before it.
-        run, xcoms = run_dag(airflow_db, "dialnexa_call_export", logical_date=hour + timedelta(hours=1), run_conf=conf)
+        when = {"logical_date" if AIRFLOW_V_3 else "execution_date": hour + timedelta(hours=1)}
+        run, xcoms = run_dag(airflow_db, "dialnexa_call_export", run_conf=conf, **when)
         assert str(run.state) == "success"
         loads.append(xcoms["load"])
     assert [(x["window_start"], x["calls"], x["rows"]) for x in loads] == [

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _compat import AIRFLOW_V_3, XComModel, capture_logs, dag_bag
+from _compat import capture_logs, dag_bag, return_values
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_dialnexa.exceptions import (
@@ -374,23 +374,10 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def run_dag(dags: Path, dag_id: str, conf: dict[str, Any]) -> tuple[str, dict[str, dict[int, Any]]]:
     """``dag.test()`` the DAG; return the run's state and its ``return_value`` XComs by task id and map index."""
-    from airflow.utils.session import create_session
-
     bag = dag_bag(str(dags))
     assert bag.import_errors == {}
     run = bag.dags[dag_id].test(run_conf=conf)
-    xcoms: dict[str, dict[int, Any]] = {}
-    with create_session() as session:
-        if AIRFLOW_V_3:
-            rows: list[Any] = list(
-                session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value"))
-            )
-        else:  # Airflow 2.11: get_many returns a Query bound to the session it is given
-            rows = list(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value", session=session))  # type: ignore[call-arg,call-overload]
-        for row in rows:
-            # Airflow 2.11's model deserializes the value when it loads the row
-            value = XComModel.deserialize_value(row) if AIRFLOW_V_3 else row.value
-            xcoms.setdefault(row.task_id, {})[row.map_index] = value
+    xcoms = return_values(run.run_id, dag_id)
     return str(run.state), xcoms
 
 
