@@ -191,9 +191,7 @@ def parse_rate_headers(headers: Mapping[str, str], now: float | None = None) -> 
     if reset is not None:
         if reset >= _EPOCH_THRESHOLD:
             reset = reset - (time.time() if now is None else now)
-            if reset < -_RESET_SKEW:
-                reset = math.nan
-            reset = max(0.0, reset)
+            reset = max(0.0, reset) if reset >= -_RESET_SKEW else math.nan  # long past: nonsense
         if 0 <= reset <= MAX_RESET_SECONDS:
             reset_in = reset
     return RateHeaders(
@@ -244,7 +242,8 @@ class RateBudget:
         self._limit: int | None = None
         self._reset_at = 0.0
         self._window = 0.0
-        self._share = 1.0
+        self._share = 1.0  # until measured: as if this process were alone on the key
+        self._watching_since: float | None = None
         self._mine: deque[float] = deque()
         self._lock = threading.Lock()
 
@@ -268,22 +267,33 @@ class RateBudget:
             return self._pace(time.monotonic() if now is None else now)
 
     def _pace(self, now: float) -> float:
+        return self._pace_and_ceiling(now)[0]
+
+    def _pace_and_ceiling(self, now: float) -> tuple[float, float]:
+        """Requests per second now, and how many may go at once (one at a time while headers pace us)."""
         rate = self.rate
         if self._remaining is not None and now < self._reset_at:
             until_reset = max(self._reset_at - now, 1e-3)
-            rate = min(rate, self._share * self._remaining / until_reset)
-        return max(rate, 1e-6)
+            # Our share of what is left, spread until the reset. sqrt(share) > share: a little more than our
+            # share now (the sum over processes is > 1, so Remaining shrinks faster and everyone slows down)
+            # pulls unequal shares together window after window; the hold at ``share * Remaining < 1``
+            # keeps the end of the window free of 429s.
+            paced = math.sqrt(self._share) * self._remaining / until_reset
+            if paced < rate:  # a burst now would spend what the rest of the window needs
+                return max(paced, 1e-6), 1.0
+        ceiling = self.capacity if self.burst is not None else max(1.0, min(self.capacity, rate * 10))
+        return max(rate, 1e-6), ceiling
 
     def reserve(self) -> float:
         """Take one slot; return how many seconds the caller must wait before sending."""
         with self._lock:
             now = time.monotonic()
-            rate = self._pace(now)
+            rate, ceiling = self._pace_and_ceiling(now)
             self._booked_rate = rate
             if now > self._stamp:
-                ceiling = self.capacity if self.burst is not None else max(1.0, min(self.capacity, rate * 10))
-                self._tokens = min(ceiling, self._tokens + (now - self._stamp) * rate)
+                self._tokens += (now - self._stamp) * rate
                 self._stamp = now
+            self._tokens = min(ceiling, self._tokens)
             self._tokens -= 1.0
             wait = self._stamp - now  # > 0 only while paused: slots start when the pause ends
             if self._tokens < 0:
@@ -313,7 +323,8 @@ class RateBudget:
         """
         with self._lock:
             now = time.monotonic()
-            if slow_down and now >= self._paused_until:  # one decrease per congestion event, not per 429
+            # One decrease per congestion event, not per 429; with rate headers, they pace us instead.
+            if slow_down and now >= self._paused_until and self._watching_since is None:
                 self.rate = max(min(self.cap, self.MIN_PER_MINUTE / 60.0), self.rate * self.DECREASE)
             until = now + max(0.0, seconds)
             if until > self._paused_until:
@@ -336,27 +347,30 @@ class RateBudget:
                 self.rate = min(self.cap, self.rate + step)
             self._last_ok = now
             if rate.remaining is None or rate.reset_in is None:
-                self._remaining = None
+                self._remaining = self._watching_since = None
+                self._mine.clear()
                 return
+            if self._watching_since is None:
+                self._watching_since = now
             self._mine.append(now)
+            # The window's length is the longest Reset seen; trusted once we have watched that long.
             self._window = min(MAX_RESET_SECONDS, max(self._window, rate.reset_in, 1.0))
-            while self._mine and self._mine[0] < now - self._window:
+            began = now - max(0.0, self._window - rate.reset_in)  # when the current window began
+            while self._mine and (self._mine[0] < now - self._window or len(self._mine) > 10_000):
                 self._mine.popleft()
-            while len(self._mine) > max(rate.limit or 0, 10_000):
-                self._mine.popleft()
-            if rate.limit is not None:
-                used = rate.limit - rate.remaining  # the key's requests in the current window
-                since = now - max(0.0, self._window - rate.reset_in)  # when the current window began
-                mine = sum(1 for t in self._mine if t >= since)
+            if rate.limit is None:
+                self._share = 1.0
+            elif now - self._watching_since >= self._window and self._watching_since <= began:
+                # Our share of the key: our answers in this window against the key's use (everyone's).
+                used = rate.limit - rate.remaining
+                mine = sum(1 for t in self._mine if t >= began)
                 if used >= 10 and mine:
                     self._share = min(1.0, max(0.02, mine / used))
-            else:
-                self._share = 1.0
             self._remaining, self._limit = rate.remaining, rate.limit
             self._reset_at = now + rate.reset_in
             if self._share * rate.remaining < 1:
                 # Our part of the window is spent: hold until it resets, then start again at the rate.
-                until = self._reset_at + self.RESET_MARGIN
+                until = self._reset_at + self.RESET_MARGIN * random.uniform(1.0, 3.0)  # not all at once
                 if until > self._paused_until:
                     self._paused_until = until
                     self._rebook(until)
