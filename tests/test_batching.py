@@ -242,7 +242,8 @@ async def test_refused_list_route_falls_back_to_get_call_for_the_process(
 async def test_a_429_on_the_list_route_pauses_every_wait_once(
     simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_connection(monkeypatch, simulator, api_key, max_retries=3)
+    # With a rate budget: the pause of the key's budget (not only the retry's own wait) holds the late batch.
+    use_connection(monkeypatch, simulator, api_key, max_retries=3, rate_limit_per_minute=600)
     simulator.add_fault(Fault("429", route="list", count=1, retry_after="2"))
     early, late = ended_calls(simulator, 200), ended_calls(simulator, 50)
     triggers = [trigger(call_id) for call_id in early] + [trigger(c, first_poll_delay=2.5) for c in late]
