@@ -368,7 +368,7 @@ class RateBudget:
                     self._share = min(1.0, max(0.02, mine / used))
             self._remaining, self._limit = rate.remaining, rate.limit
             self._reset_at = now + rate.reset_in
-            if self._share * rate.remaining < 1:
+            if math.sqrt(self._share) * rate.remaining < 1:
                 # Our part of the window is spent: hold until it resets, then start again at the rate.
                 until = self._reset_at + self.RESET_MARGIN * random.uniform(1.0, 3.0)  # not all at once
                 if until > self._paused_until:
