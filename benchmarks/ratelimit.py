@@ -174,6 +174,13 @@ def summarize(
         count = sum(1 for e in busy if start <= e.t < start + args.window and e.status_code != 429)
         minute_use.append(round(100 * count / args.limit, 1))
         start += args.window
+    slices: dict[str, list[int]] = {p: [] for p in processes}  # accepted per process per 10 s, from t0
+    for entry in log:
+        if entry.status_code != 429 and entry.call_ids:
+            row = slices.setdefault(owner.get(entry.call_ids[0], "?"), [])
+            index = int((entry.t - t0) // 10)
+            row.extend([0] * (index + 1 - len(row)))
+            row[index] += 1
     wrong: Counter[str] = Counter()
     for result in results:
         for call_id, (_at, got, _first) in result["events"].items():
@@ -194,6 +201,7 @@ def summarize(
         "accepted_per_process": {p: per_process.get(p, 0) for p in processes},
         "share_per_process_pct": {p: round(100 * s, 1) for p, s in shares.items()},
         "max_over_min_share": max(shares.values()) / lowest if lowest else float("inf"),
+        "accepted_per_10s": slices,
         "waits": waits,
         "waits_correct": waits - sum(wrong.values()),
         "wrong": dict(wrong.most_common(5)),

@@ -360,3 +360,16 @@ def test_a_process_left_with_a_tiny_share_is_not_starved(clock: FakeClock) -> No
     ok, refused, windows = share_one_key(clock, shares=(0.02, 0.33, 0.33, 0.33))
     assert sum(ok.values()) >= 0.8 * 150 * windows, (ok, refused)
     assert max(ok.values()) <= 2 * min(ok.values()), ok
+
+
+def test_slots_paced_by_a_window_do_not_outlive_it(clock: FakeClock) -> None:
+    """Seen in the benchmark: one request left for 23 s paced the next slots 23 s apart, far past the reset."""
+    budget = RateBudget(per_minute=120)
+    budget.observe(rate_headers(150, 2, 20))  # 2 left for 20 s: one every 10 s
+    assert list(budget.delays()) == []
+    waiting = [budget.delays() for _ in range(3)]
+    first = [next(w) for w in waiting]
+    assert max(first) <= 20.0, "nobody sleeps past the window's reset"
+    clock.now += 20.0  # the window resets: its pace no longer applies
+    again = [next(w, 0.0) for w in waiting]
+    assert max(again) <= 2.0, again
