@@ -223,6 +223,8 @@ class RateBudget:
     INCREASE_PER_MINUTE = 0.05
     #: Lowest adaptive rate, requests per minute.
     MIN_PER_MINUTE = 1.0
+    #: Each process spends share**SHARE_EXPONENT of what is left: > its share, so unequal shares drift together.
+    SHARE_EXPONENT = 0.5
     #: Safety margin after a window's ``Reset`` before sending again (``Reset`` is in whole seconds).
     RESET_MARGIN = 0.5
 
@@ -278,7 +280,7 @@ class RateBudget:
             # share now (the sum over processes is > 1, so Remaining shrinks faster and everyone slows down)
             # pulls unequal shares together window after window; the hold at ``share * Remaining < 1``
             # keeps the end of the window free of 429s.
-            paced = math.sqrt(self._share) * self._remaining / until_reset
+            paced = self._share**self.SHARE_EXPONENT * self._remaining / until_reset
             if paced < rate:  # a burst now would spend what the rest of the window needs
                 return max(paced, 1e-6), 1.0
         ceiling = self.capacity if self.burst is not None else max(1.0, min(self.capacity, rate * 10))
@@ -368,7 +370,7 @@ class RateBudget:
                     self._share = min(1.0, max(0.02, mine / used))
             self._remaining, self._limit = rate.remaining, rate.limit
             self._reset_at = now + rate.reset_in
-            if math.sqrt(self._share) * rate.remaining < 1:
+            if self._share**self.SHARE_EXPONENT * rate.remaining < 1:
                 # Our part of the window is spent: hold until it resets, then start again at the rate.
                 until = self._reset_at + self.RESET_MARGIN * random.uniform(1.0, 3.0)  # not all at once
                 if until > self._paused_until:
