@@ -311,11 +311,30 @@ class RateBudget:
         while True:
             generation = self.generation
             delay = self.reserve()
-            if delay <= 0:
+            while delay > 0:
+                # Sleep no further than the window's Reset: a slot paced by that window is void after it.
+                chunk = min(delay, self._until_reset())
+                yield chunk
+                delay -= chunk
+                self._expire_window()
+                if self.generation != generation:
+                    break  # cancelled meanwhile (pause, tighter pace, new window): queue again
+            else:
                 return
-            yield delay
-            if self.generation == generation:
-                return
+
+    def _until_reset(self) -> float:
+        with self._lock:
+            if self._remaining is None:
+                return math.inf
+            return max(self._reset_at - time.monotonic(), 1e-3)
+
+    def _expire_window(self) -> None:
+        """Once the window the headers described has reset, forget its pace and re-queue its slots."""
+        with self._lock:
+            now = time.monotonic()
+            if self._remaining is not None and now >= self._reset_at:
+                self._remaining = None
+                self._rebook(now)
 
     def pause(self, seconds: float, *, slow_down: bool = True) -> None:
         """Hold every request on this key for ``seconds`` (after a 429: also lower the adaptive rate).
@@ -328,6 +347,7 @@ class RateBudget:
             # One decrease per congestion event, not per 429; with rate headers, they pace us instead.
             if slow_down and now >= self._paused_until and self._watching_since is None:
                 self.rate = max(min(self.cap, self.MIN_PER_MINUTE / 60.0), self.rate * self.DECREASE)
+            self._remaining = None  # the window the last headers described is spent: pace anew after the pause
             until = now + max(0.0, seconds)
             if until > self._paused_until:
                 self._paused_until = until
