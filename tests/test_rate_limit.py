@@ -373,3 +373,44 @@ def test_slots_paced_by_a_window_do_not_outlive_it(clock: FakeClock) -> None:
     clock.now += 20.0  # the window resets: its pace no longer applies
     again = [next(w, 0.0) for w in waiting]
     assert max(again) <= 2.0, again
+
+
+# -- the simulator's key-wide limiter (pure) -----------------------------------------------------------------
+
+
+def test_fixed_window_opens_with_the_first_request() -> None:
+    limiter = KeyLimiter(2, 10.0, "fixed")
+    assert limiter.admit(100.0) is None
+    assert limiter.admit(101.0) is None
+    refused = limiter.admit(105.0)
+    assert refused is not None
+    assert (refused.remaining, refused.reset_in) == (0, pytest.approx(5.0))
+    assert limiter.admit(109.9) is not None
+    assert limiter.admit(110.0) is None, "a new window opens once the old one is over"
+    assert limiter.state(111.0).remaining == 1
+
+
+def test_sliding_window_frees_one_slot_at_a_time() -> None:
+    limiter = KeyLimiter(2, 10.0, "sliding")
+    assert limiter.admit(100.0) is None
+    assert limiter.admit(104.0) is None
+    refused = limiter.admit(105.0)
+    assert refused is not None
+    assert refused.reset_in == pytest.approx(5.0), "until the oldest request expires"
+    assert limiter.admit(110.5) is None
+    assert limiter.admit(111.0) is not None, "the request of 104 s still counts"
+    assert limiter.admit(114.5) is None
+
+
+def test_header_values_in_both_reset_readings() -> None:
+    state = KeyLimiter(150, 60.0).state(1000.0)
+    seconds = dict(header_values(state._replace(remaining=149, reset_in=59.2), 1000.0, "seconds"))
+    epoch = dict(header_values(state._replace(remaining=149, reset_in=59.2), 1000.0, "epoch"))
+    assert seconds == {b"x-ratelimit-limit": b"150", b"x-ratelimit-remaining": b"149", b"x-ratelimit-reset": b"60"}
+    assert epoch[b"x-ratelimit-reset"] == b"1060"
+
+
+def test_limiter_rejects_bad_settings() -> None:
+    for args in ((0, 60.0, "fixed"), (10, 0.0, "fixed"), (10, 60.0, "leaky")):
+        with pytest.raises(ValueError, match="key limit needs"):
+            KeyLimiter(*args)  # type: ignore[arg-type]

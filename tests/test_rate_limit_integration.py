@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from airflow_provider_dialnexa.exceptions import DialNexaRateLimitError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
 from airflow_provider_dialnexa.policy import RetryPolicy
-from airflow_provider_dialnexa.simulator import Fault, LogEntry, Simulator
+from airflow_provider_dialnexa.simulator import Fault, LogEntry, Simulator, SimulatorError
 
 
 def use_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, sim: Simulator, api_key: str, **extra: Any) -> None:
@@ -166,3 +168,44 @@ async def test_rate_headers_pace_concurrent_waits(
     await hook.aget_call(first)  # the first answer tells the process about the key's window
     await asyncio.gather(*(hook.aget_call(call_id) for call_id in rest))
     assert statuses(simulator.requests(route="get")) == [200] * 9
+
+
+# -- the simulator's key-wide limit ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset_style", ["seconds", "epoch"])
+def test_simulator_limits_the_key_across_clients(simulator: Simulator, api_key: str, reset_style: str) -> None:
+    simulator.configure(key_limit=3, key_window_s=30, reset_style=reset_style)
+    call_id = ended(simulator, 1)[0]
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with (
+        httpx.Client(base_url=simulator.url, headers=headers) as one,
+        httpx.Client(base_url=simulator.url, headers=headers) as two,
+    ):
+        answers = [client.get(f"/v1/calls/{call_id}") for client in (one, two, one, two)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429], "one budget for every client of the key"
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+    assert {a.headers["X-RateLimit-Limit"] for a in answers} == {"3"}
+    reset = int(answers[0].headers["X-RateLimit-Reset"])
+    assert (0 < reset <= 30) if reset_style == "seconds" else (time.time() < reset <= time.time() + 31)
+    refused = answers[-1]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
+    assert refused.json()["error"] == "Too Many Requests"
+    assert simulator.stats()["by_status"] == {200: 3, 429: 1}
+
+
+def test_simulator_rate_headers_can_be_switched_off(simulator: Simulator, api_key: str) -> None:
+    simulator.configure(key_limit=1, key_window_s=30, rate_headers=False)
+    call_id = ended(simulator, 1)[0]
+    with httpx.Client(base_url=simulator.url, headers={"Authorization": f"Bearer {api_key}"}) as client:
+        ok, refused = client.get(f"/v1/calls/{call_id}"), client.get(f"/v1/calls/{call_id}")
+    assert (ok.status_code, refused.status_code) == (200, 429)
+    assert not any(name.lower().startswith("x-ratelimit") for name in [*ok.headers, *refused.headers])
+    assert "Retry-After" in refused.headers, "429 keeps its Retry-After"
+
+
+def test_simulator_refuses_a_bad_limit(simulator: Simulator) -> None:
+    with pytest.raises(SimulatorError):
+        simulator.configure(key_limit=5, key_window="leaky")
+    with pytest.raises(SimulatorError):
+        simulator.configure(reset_style="iso")
