@@ -227,6 +227,8 @@ class RateBudget:
     SHARE_EXPONENT = 0.5
     #: Safety margin after a window's ``Reset`` before sending again (``Reset`` is in whole seconds).
     RESET_MARGIN = 0.5
+    #: Requests per second while a new window is unknown (after a hold or a Reset): one, then its answer.
+    PROBE_RATE = 1.0
 
     def __init__(self, per_minute: float, burst: float | None = None) -> None:
         self.cap = per_minute / 60.0
@@ -247,6 +249,7 @@ class RateBudget:
         self._share = 1.0  # until measured: as if this process were alone on the key
         self._watching_since: float | None = None
         self._mine: deque[float] = deque()
+        self._probing = False  # a window ended: send one request to learn the next before any burst
         self._lock = threading.Lock()
 
     @property
@@ -274,6 +277,8 @@ class RateBudget:
     def _pace_and_ceiling(self, now: float) -> tuple[float, float]:
         """Requests per second now, and how many may go at once (one at a time while headers pace us)."""
         rate = self.rate
+        if self._probing:
+            return min(rate, self.PROBE_RATE), 1.0
         if self._remaining is not None and now < self._reset_at:
             until_reset = max(self._reset_at - now, 1e-3)
             # Our share of what is left, spread until the reset. sqrt(share) > share: a little more than our
@@ -334,6 +339,7 @@ class RateBudget:
             now = time.monotonic()
             if self._remaining is not None and now >= self._reset_at:
                 self._remaining = None
+                self._probing = True
                 self._rebook(now)
 
     def pause(self, seconds: float, *, slow_down: bool = True) -> None:
@@ -347,7 +353,8 @@ class RateBudget:
             # One decrease per congestion event, not per 429; with rate headers, they pace us instead.
             if slow_down and now >= self._paused_until and self._watching_since is None:
                 self.rate = max(min(self.cap, self.MIN_PER_MINUTE / 60.0), self.rate * self.DECREASE)
-            self._remaining = None  # the window the last headers described is spent: pace anew after the pause
+            if self._watching_since is not None:  # the window the headers described is spent: learn the next
+                self._remaining, self._probing = None, True
             until = now + max(0.0, seconds)
             if until > self._paused_until:
                 self._paused_until = until
@@ -368,6 +375,9 @@ class RateBudget:
                 step = min(now - self._last_ok, 5.0) * self.cap * self.INCREASE_PER_MINUTE / 60.0
                 self.rate = min(self.cap, self.rate + step)
             self._last_ok = now
+            if self._probing:  # the answer we waited for: slots handed out meanwhile queue again with it
+                self._probing = False
+                self._rebook(now)
             if rate.remaining is None or rate.reset_in is None:
                 self._remaining = self._watching_since = None
                 self._mine.clear()
@@ -396,7 +406,7 @@ class RateBudget:
                 if until > self._paused_until:
                     self._paused_until = until
                     self._rebook(until)
-                self._remaining = None  # the next window's numbers come with its first answer
+                self._remaining, self._probing = None, True  # the next window's numbers come with its first answer
                 return
             if self._tokens < 0 and self._pace(now) < 0.8 * self._booked_rate:
                 self._rebook(now)  # slots handed out at the old pace would overrun the window: re-queue

@@ -372,7 +372,7 @@ def test_slots_paced_by_a_window_do_not_outlive_it(clock: FakeClock) -> None:
     assert max(first) <= 20.0, "nobody sleeps past the window's reset"
     clock.now += 20.0  # the window resets: its pace no longer applies
     again = [next(w, 0.0) for w in waiting]
-    assert max(again) <= 2.0, again
+    assert max(again) <= 3.0, again  # one probe a second until an answer describes the new window
 
 
 # -- the simulator's key-wide limiter (pure) -----------------------------------------------------------------
