@@ -204,9 +204,10 @@ class RateBudget:
 
     A token bucket whose rate adapts: it starts at ``per_minute`` (the user's upper bound) and
 
-    * with ``X-RateLimit-*`` headers, spends this process's share of ``Remaining`` evenly until
+    * with ``X-RateLimit-*`` headers, spends about this process's share of ``Remaining`` evenly until
       ``Reset`` (the share is estimated from how much of the key's use was ours), so several processes
-      on one key finish the window together instead of overrunning it;
+      on one key finish the window together instead of overrunning it; a process whose part is spent
+      holds until ``Reset``, then probes the new window with one request before sending more;
     * without them, adapts the way TCP shares a link: additive increase while requests succeed,
       multiplicative decrease on each 429, so several processes converge on the key's limit.
 
@@ -235,7 +236,7 @@ class RateBudget:
         self.rate = self.cap  # the adaptive (AIMD) rate, <= cap
         self.burst = burst
         self.capacity = burst if burst is not None else max(1.0, min(20.0, per_minute / 6.0))
-        self.generation = 0  # bumped whenever slots already handed out are cancelled (pause, tighter pace)
+        self.generation = 0  # bumped whenever slots already handed out are cancelled (pause, pace, new window)
         self._tokens = self.capacity
         self._stamp = time.monotonic()
         self._paused_until = 0.0
@@ -283,8 +284,8 @@ class RateBudget:
             until_reset = max(self._reset_at - now, 1e-3)
             # Our share of what is left, spread until the reset. sqrt(share) > share: a little more than our
             # share now (the sum over processes is > 1, so Remaining shrinks faster and everyone slows down)
-            # pulls unequal shares together window after window; the hold at ``share * Remaining < 1``
-            # keeps the end of the window free of 429s.
+            # pulls unequal shares together window after window; ``observe`` holds us until the reset once
+            # sqrt(share) * Remaining < 1, so the window's last slots are not raced for.
             paced = self._share**self.SHARE_EXPONENT * self._remaining / until_reset
             if paced < rate:  # a burst now would spend what the rest of the window needs
                 return max(paced, 1e-6), 1.0
