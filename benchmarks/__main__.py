@@ -488,6 +488,11 @@ def clean(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if list(argv[:1]) == ["ratelimit"]:  # python -m benchmarks ratelimit: several processes on one key
+        from benchmarks import ratelimit
+
+        return ratelimit.main(argv[1:])
     args = parse_args(argv)
     info = machine()
     print(

@@ -265,12 +265,14 @@ async def test_refused_list_route_falls_back_to_get_call_for_the_process(
 async def test_a_429_on_the_list_route_pauses_every_wait_once(
     simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With the key's budget on: ticks no longer wait for each other (issue #14), so the budget's pause is what
-    # holds the later batch back.
-    use_connection(monkeypatch, simulator, api_key, max_retries=3, rate_limit_per_minute=120)
+    # With a rate budget: the pause of the key's budget (not only the retry's own wait) holds the late batch.
+    use_connection(monkeypatch, simulator, api_key, max_retries=3, rate_limit_per_minute=600)
     simulator.add_fault(Fault("429", route="list", count=1, retry_after="2"))
     early, late = ended_calls(simulator, 200), ended_calls(simulator, 50)
     triggers = [trigger(call_id) for call_id in early] + [trigger(c, first_poll_delay=2.5) for c in late]
+    # A wait that polls by itself (Get Call) about one second into the pause: the key's pause holds it too.
+    single = ended_calls(simulator, 1)[0]
+    triggers.append(DialNexaCallTrigger(single, polling="per_call", **{**FAST, "first_poll_delay": 2.2}))
     expect_success(simulator, await events_of(triggers))
     lists = sorted(simulator.requests(route="list"), key=lambda e: e.t)
     assert [e.status_code for e in lists].count(429) == 1
@@ -278,7 +280,9 @@ async def test_a_429_on_the_list_route_pauses_every_wait_once(
     after = [e for e in lists if e.t > refused.t]
     assert after, "the refused batch was sent again"
     assert min(e.t for e in after) - refused.t >= 2.0, "a list request went out before Retry-After"
-    assert simulator.requests(route="get") == []
+    [get] = simulator.requests(route="get")
+    assert get.call_ids == (single,)
+    assert get.t - refused.t >= 2.0, "a Get Call went out during the key's pause"
 
 
 # -- lifecycle of the shared poller ------------------------------------------------------------------

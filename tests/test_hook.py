@@ -908,23 +908,24 @@ def test_rate_budget_default_burst(clock: FakeClock, per_minute: float, capacity
 
 def test_rate_budget_pause_holds_every_request(clock: FakeClock) -> None:
     budget = RateBudget(per_minute=6000, burst=20)
-    budget.pause(5.0)
-    assert budget.reserve() == pytest.approx(5.0)
-    assert budget.reserve() == pytest.approx(5.0)
+    budget.pause(5.0, slow_down=False)
+    assert budget.reserve() == pytest.approx(5.01)
+    assert budget.reserve() == pytest.approx(5.02)  # after the pause one after another at the rate, not together
     clock.now += 3.0
-    assert budget.reserve() == pytest.approx(2.0)
+    assert budget.reserve() == pytest.approx(2.03)
     budget.pause(0.5)  # a shorter pause does not cut the running one short
-    assert budget.reserve() == pytest.approx(2.0)
-    clock.now += 2.0
+    assert budget.reserve() == pytest.approx(2.04)
+    clock.now += 2.5
     assert budget.reserve() == 0.0
 
 
-def test_budget_for_is_shared_per_key_and_rate() -> None:
+def test_budget_for_is_shared_per_key_whatever_the_rate() -> None:
     first = budget_for("kid:one", 120)
     assert first is not None
     assert budget_for("kid:one", 120) is first
     assert budget_for("kid:two", 120) is not first
-    assert budget_for("kid:one", 60) is not first
+    assert budget_for("kid:one", 60) is first, "one key, one budget: the lower rate is its upper bound"
+    assert first.per_minute == 60
     assert budget_for("kid:one", 0) is None
     assert not any("kid:one" in str(key) for key in policy._budgets), "budgets must not be keyed by the raw key"
 

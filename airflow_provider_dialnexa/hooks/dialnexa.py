@@ -54,7 +54,13 @@ from airflow_provider_dialnexa.exceptions import (
     describe,
     scrub,
 )
-from airflow_provider_dialnexa.policy import CONNECT_TIMEOUT, RateBudget, RetryPolicy, budget_for
+from airflow_provider_dialnexa.policy import (
+    CONNECT_TIMEOUT,
+    RateBudget,
+    RetryPolicy,
+    budget_for,
+    parse_rate_headers,
+)
 from airflow_provider_dialnexa.records import mask_phone_number
 
 #: Most ids one List Calls request may carry (DialNexa's documented page-size maximum).
@@ -381,7 +387,12 @@ class DialNexaHook(BaseHook):
         budget: RateBudget | None,
         hints: Mapping[int, str] | None = None,
     ) -> Any:
-        """Parsed body of a response, or its typed error; a 429 first pauses the key's whole budget."""
+        """Parsed body of a response, or its typed error; a 429 first pauses the key's whole budget.
+
+        Every other answer's ``X-RateLimit-*`` headers pace the key's budget (see ``RateBudget``).
+        """
+        if budget is not None and response.status_code != 429:
+            budget.observe(response.headers)
         try:
             return interpret(
                 response.status_code,
@@ -394,7 +405,9 @@ class DialNexaHook(BaseHook):
             )
         except DialNexaRateLimitError as exc:
             if budget is not None:
-                wait = exc.retry_after if exc.retry_after is not None else 1.0
+                wait = exc.retry_after
+                if wait is None:  # no Retry-After: the window's Reset, if it makes sense, else a second
+                    wait = parse_rate_headers(response.headers).reset_in or 1.0
                 budget.pause(min(wait, self._retry_policy.retry_after_max))  # a bogus Retry-After can't park the key
             raise
 
@@ -413,8 +426,8 @@ class DialNexaHook(BaseHook):
         timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
         for attempt in Retrying(**self._policy(settings).tenacity_kwargs(self.log, describe(subject, None))):
             with attempt:
-                if budget is not None:
-                    time.sleep(budget.reserve())
+                for delay in budget.delays() if budget is not None else ():
+                    time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues the request
                 try:
                     response = self.session.get(url, params=params, timeout=timeout)
                 except _SYNC_TRANSPORT_ERRORS as exc:
@@ -453,8 +466,8 @@ class DialNexaHook(BaseHook):
         """
         settings = self.settings
         budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
-        if budget is not None:
-            time.sleep(budget.reserve())
+        for delay in budget.delays() if budget is not None else ():
+            time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues
         timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
         try:
             response = self.session.post(url, json=body, timeout=timeout)
@@ -630,10 +643,8 @@ class DialNexaHook(BaseHook):
                 shared = await self._loop_client()  # per attempt: a client dropped after a 401 is not reused
                 shared.in_flight += 1  # from here until the answer: the client stays open for this request
                 try:
-                    if shared.budget is not None:
-                        delay = shared.budget.reserve()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
+                    for delay in shared.budget.delays() if shared.budget is not None else ():
+                        await asyncio.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues
                     try:
                         async with shared.slots:
                             response = await shared.client.get(url, params=params, timeout=timeout)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
+from airflow_provider_dialnexa.simulator.ratelimit import header_values
 from airflow_provider_dialnexa.simulator.state import (
     ERROR_FAULTS,
     ApiError,
@@ -257,14 +259,11 @@ class SimulatorApp:
         call_ids = (call_id,) if call_id is not None else tuple(split_csv(query.get("call_id")))
         reply, reset = await self._answer(route, method, scope, call_ids, query, body, now)
         client = scope.get("client")
-        limit, remaining, reset_at = state.note(
-            method, route, call_ids, 0 if reset else reply.status, tuple(client) if client else None, now
-        )
-        extra = [
-            (b"x-ratelimit-limit", str(limit).encode()),
-            (b"x-ratelimit-remaining", b"0" if reply.status == 429 else str(remaining).encode()),
-            (b"x-ratelimit-reset", str(reset_at).encode()),
-        ]
+        peer = tuple(client) if client else None
+        window = state.note(method, route, call_ids, 0 if reset else reply.status, peer, now)
+        if reply.status == 429:
+            window = window._replace(remaining=0)
+        extra = header_values(window, now, state.config.reset_style) if state.config.rate_headers else []
         if not reset:
             await _send(send, reply, extra)
             return
@@ -290,6 +289,10 @@ class SimulatorApp:
             return _error(404, f"Cannot {method} {scope['path']}"), False
         if not state.authorized(_bearer(scope)):
             return _error(401, "API key is missing or invalid"), False
+        refused = state.admit(now)
+        if refused is not None:  # the key-wide limit: 429 with Retry-After until the window frees a slot
+            retry = str(max(1, math.ceil(refused.reset_in))).encode()
+            return _error(429, "ThrottlerException: Too Many Requests", ((b"retry-after", retry),)), False
         fault = state.match_fault(route, call_ids)
         delay = state.config.latency_s + (fault.delay_s if fault is not None and fault.kind == "slow" else 0.0)
         if delay:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
+from airflow_provider_dialnexa.simulator.ratelimit import KeyLimiter, RateState, ResetStyle, WindowKind
 from airflow_provider_dialnexa.status import TERMINAL, normalise
 
 Spelling = Literal["camel", "snake"]
@@ -318,6 +319,13 @@ class SimConfig:
     list_cap: int = 0
     #: Calls created (now) at the start of every List Calls request: a population growing while a client pages.
     grow_per_list: int = 0
+    #: Key-wide limit across all clients (requests per ``key_window_s``; 0 = none): 429 + Retry-After beyond it.
+    key_limit: int = 0
+    key_window_s: float = 60.0
+    key_window: WindowKind = "fixed"
+    #: Send ``X-RateLimit-*`` headers; ``Reset`` as a Unix timestamp (docs) or seconds remaining (seen live).
+    rate_headers: bool = True
+    reset_style: ResetStyle = "epoch"
 
     def __post_init__(self) -> None:
         self.list_ignores = tuple(self.list_ignores)
@@ -331,6 +339,10 @@ class SimConfig:
             raise ValueError("spelling must be 'camel' or 'snake'")
         if self.latency_s < 0 or self.ratelimit_limit < 1 or not self.api_key:
             raise ValueError("latency_s must be >= 0, ratelimit_limit >= 1 and api_key non-empty")
+        if self.key_limit < 0 or self.reset_style not in ("epoch", "seconds"):
+            raise ValueError("key_limit must be >= 0 and reset_style 'epoch' or 'seconds'")
+        if self.key_limit:
+            KeyLimiter(self.key_limit, self.key_window_s, self.key_window)  # validates window and kind
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -436,6 +448,7 @@ class SimState:
         self._log: list[LogEntry] = []
         self._window = 0
         self._window_count = 0
+        self._limiter: KeyLimiter | None = None
         # Requests that started before a reset (e.g. held by a ``slow`` fault) are not counted after it.
         self._reset_at = time.time()
 
@@ -443,6 +456,9 @@ class SimState:
         """Change config fields (see :class:`SimConfig`); returns the new config. Unknown names raise."""
         with self._lock:
             self.config = dataclasses.replace(self.config, **changes)
+            if {"key_limit", "key_window_s", "key_window"} & set(changes):
+                cfg = self.config
+                self._limiter = KeyLimiter(cfg.key_limit, cfg.key_window_s, cfg.key_window) if cfg.key_limit else None
             return self.config.to_dict()
 
     def add_fault(self, fault: Fault) -> None:
@@ -602,11 +618,16 @@ class SimState:
         status: int,
         client: tuple[str, int] | None,
         now: float,
-    ) -> tuple[int, int, int]:
-        """Count one public-API request; returns cosmetic rate-limit numbers ``(limit, remaining, reset_epoch)``."""
+    ) -> RateState:
+        """Count one public-API request; returns the key's rate window for the ``X-RateLimit-*`` headers.
+
+        With a key-wide limit these are its real numbers; without, cosmetic ones (``ratelimit_limit`` per
+        clock minute, never enforced).
+        """
         with self._lock:
+            real = self._limiter.state(now) if self._limiter is not None else None
             if now < self._reset_at:
-                return self.config.ratelimit_limit, self.config.ratelimit_limit, int(now // 60 + 1) * 60
+                return real or self._cosmetic(self.config.ratelimit_limit, now)
             self._requests += 1
             self._by_route[route] += 1
             self._by_status[status] += 1
@@ -620,8 +641,17 @@ class SimState:
             if window != self._window:
                 self._window, self._window_count = window, 0
             self._window_count += 1
-            limit = self.config.ratelimit_limit
-            return limit, max(0, limit - self._window_count), (window + 1) * 60
+            return real or self._cosmetic(self.config.ratelimit_limit - self._window_count, now)
+
+    def _cosmetic(self, remaining: int, now: float) -> RateState:
+        return RateState(self.config.ratelimit_limit, max(0, remaining), (int(now // 60) + 1) * 60 - now)
+
+    def admit(self, now: float) -> RateState | None:
+        """Apply the key-wide limit to one request: None if admitted, else the window to answer 429 with."""
+        with self._lock:
+            if self._limiter is None or now < self._reset_at:
+                return None
+            return self._limiter.admit(now)
 
     def match_fault(self, route: str, call_ids: Sequence[str]) -> Fault | None:
         """The first rule that fires for this request (consuming one of its ``count``), if any."""
