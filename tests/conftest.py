@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from airflow_provider_dialnexa.simulator import Simulator
 
 SIM_API_KEY = "dnx_test_key:s3cr3t-SIM-KEY"
 SIM_SEED = 1234
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +55,35 @@ def dialnexa_conn(simulator: Simulator, api_key: str, monkeypatch: pytest.Monkey
     }
     monkeypatch.setenv("AIRFLOW_CONN_DIALNEXA_DEFAULT", json.dumps(conn))
     return simulator
+
+
+@pytest.fixture(scope="module")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A migrated throwaway metadata DB (one per test module) whose DAGs folder holds ``dags/`` and ``tests/dags/``.
+
+    ``dag.test()`` needs a DB and finds the DAG in the configured DAGs folder. Airflow read its config when
+    it was first imported, so the ORM is re-pointed here and restored afterwards.
+    """
+    from airflow import settings
+    from airflow.utils import db
+
+    home = tmp_path_factory.mktemp("airflow_home")
+    dags = home / "dags"
+    dags.mkdir()
+    for source in [*sorted((ROOT / "dags").glob("*.py")), *sorted((ROOT / "tests" / "dags").glob("*.py"))]:
+        (dags / source.name).symlink_to(source)
+    env = pytest.MonkeyPatch()
+    env.setenv("AIRFLOW_HOME", str(home))
+    env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
+    env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
+    env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
+    settings.configure_vars()
+    settings.reconfigure_orm()
+    db.initdb()
+    try:
+        yield dags
+    finally:
+        env.undo()
+        settings.configure_vars()
+        settings.reconfigure_orm()

@@ -423,36 +423,6 @@ def test_operator_waits_and_returns_the_masked_record(sim: Simulator) -> None:
 
 # -- the example DAG in a real dag.test() ---------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` and this file's test DAG."""
-    from airflow import settings
-    from airflow.utils import db
-
-    home = tmp_path_factory.mktemp("airflow_home")
-    dags = home / "dags"
-    dags.mkdir()
-    for source in [*sorted((ROOT / "dags").glob("*.py")), ROOT / "tests" / "dags" / "dialnexa_create_retry.py"]:
-        (dags / source.name).symlink_to(source)
-    env = pytest.MonkeyPatch()
-    env.setenv("AIRFLOW_HOME", str(home))
-    env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
-    env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
-    env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
-    settings.configure_vars()
-    settings.reconfigure_orm()
-    db.initdb()
-    try:
-        yield dags
-    finally:
-        env.undo()
-        settings.configure_vars()
-        settings.reconfigure_orm()
-
 
 def run_dag(dags: Path, dag_id: str, conf: dict[str, Any]) -> tuple[str, str, dict[str, dict[int, Any]]]:
     """``dag.test()`` the DAG; return the run's state, its id and its ``return_value`` XComs by task and map index."""

@@ -34,7 +34,6 @@ from airflow_provider_dialnexa.operators.dialnexa import DialNexaExportCallsOper
 from airflow_provider_dialnexa.simulator import Fault, Simulator
 from airflow_provider_dialnexa.triggers.dialnexa import DialNexaWindowTrigger
 
-ROOT = Path(__file__).resolve().parents[1]
 CONN_ID = "dialnexa_export"
 HOUR = 3600.0
 #: A fixed past hour the seeded calls live in (well before "now", so every seeded call has ended).
@@ -532,34 +531,6 @@ def test_error_and_foreign_events_fail_loudly(sim: Simulator, tmp_path: Path) ->
 
 
 # -- dag.test(): the deferral inside a real DAG run -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` and ``tests/dags/``."""
-    from airflow import settings
-    from airflow.utils import db
-
-    home = tmp_path_factory.mktemp("airflow_home")
-    dags = home / "dags"
-    dags.mkdir()
-    for source in [*sorted((ROOT / "dags").glob("*.py")), *sorted((ROOT / "tests" / "dags").glob("*.py"))]:
-        (dags / source.name).symlink_to(source)
-    env = pytest.MonkeyPatch()
-    env.setenv("AIRFLOW_HOME", str(home))
-    env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
-    env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
-    env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
-    settings.configure_vars()
-    settings.reconfigure_orm()
-    db.initdb()
-    try:
-        yield dags
-    finally:
-        env.undo()
-        settings.configure_vars()
-        settings.reconfigure_orm()
 
 
 def run_dag(dags: Path, dag_id: str, **test_kwargs: Any) -> tuple[Any, dict[str, Any]]:

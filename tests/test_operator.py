@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from airflow_provider_dialnexa.sensors.dialnexa import DEFAULT_CALL_TIMEOUT
 from airflow_provider_dialnexa.simulator import Simulator
 from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTEXT: Any = {}  # execute() and execute_complete() read nothing from the context
 PHONE_KEYS = ("to_number", "from_number", "to_phone_number", "from_phone_number")
 
@@ -338,38 +336,6 @@ def test_malformed_events_fail_loudly(sim: Simulator, event: Any) -> None:
 
 
 # -- dag.test(): mapping, templating and the deferral loop --------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated throwaway metadata DB whose DAGs folder holds ``dags/`` and ``tests/dags/``.
-
-    ``dag.test()`` needs a DB and finds the DAG in the configured DAGs folder. Airflow read its config when
-    it was first imported, so the ORM is re-pointed here and restored afterwards.
-    """
-    from airflow import settings
-    from airflow.utils import db
-
-    home = tmp_path_factory.mktemp("airflow_home")
-    dags = home / "dags"
-    dags.mkdir()
-    for source in [*sorted((ROOT / "dags").glob("*.py")), *sorted((ROOT / "tests" / "dags").glob("*.py"))]:
-        (dags / source.name).symlink_to(source)
-    env = pytest.MonkeyPatch()
-    env.setenv("AIRFLOW_HOME", str(home))
-    env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
-    env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
-    env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
-    settings.configure_vars()
-    settings.reconfigure_orm()
-    db.initdb()
-    try:
-        yield dags
-    finally:
-        env.undo()
-        settings.configure_vars()
-        settings.reconfigure_orm()
 
 
 def run_dag(dags: Path, dag_id: str, conf: dict[str, Any]) -> tuple[str, dict[str, dict[int, Any]]]:
