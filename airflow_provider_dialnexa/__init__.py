@@ -38,7 +38,8 @@ CONN_FIELDS: dict[str, Any] = {
     },
     "rate_limit_per_minute": {
         "label": "Rate budget (requests/min)",
-        "description": "Requests per minute one process may send with this API key (0 = no budget).",
+        "description": "Upper bound of requests per minute one process sends with this API key; below it the "
+        "rate adapts to DialNexa's rate headers and 429s (0 = no budget).",
         "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 100000},
     },
     "polling": {

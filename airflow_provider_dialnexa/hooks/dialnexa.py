@@ -1,4 +1,4 @@
-"""DialNexaHook: read call records from DialNexa's REST API, from tasks (sync) and triggers (async)."""
+"""DialNexaHook: read, list and place DialNexa calls through its REST API, from tasks (sync) and triggers (async)."""
 
 from __future__ import annotations
 
