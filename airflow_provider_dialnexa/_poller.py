@@ -23,6 +23,7 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaNotFoundError,
     DialNexaPermissionError,
 )
+from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,26 @@ class BatchPoller:
         self.hook = hook
         self.window = window
         self.batch_size = MAX_LIST_LIMIT
-        self.list_refused = False
+        #: When (``hook_module._clock()``) the deployment refused List Calls; None while it is allowed.
+        self.refused_at: float | None = None
         self.users = 0
         self._pending: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+
+    @property
+    def list_refused(self) -> bool:
+        """True while reads go straight to Get Call because List Calls was refused less than
+        ``CONNECTION_TTL`` ago; after that the next read asks List Calls again (permissions can be fixed
+        without restarting the triggerer, as connections can).
+        """
+        if self.refused_at is None:
+            return False
+        if hook_module._clock() - self.refused_at < hook_module.CONNECTION_TTL:
+            return True
+        self.refused_at = None
+        log.info("Asking DialNexa List Calls again (refused %.0f s ago)", hook_module.CONNECTION_TTL)
+        return False
 
     @property
     def pending(self) -> int:
@@ -122,8 +138,8 @@ class BatchPoller:
                     log.warning(
                         "DialNexa List Calls is not available (%s); polling each call with Get Call instead", exc
                     )
-                self.list_refused = True
-                _refused.setdefault(asyncio.get_running_loop(), set()).add(self.hook.dialnexa_conn_id)
+                self.refused_at = hook_module._clock()
+                _refused.setdefault(asyncio.get_running_loop(), {})[self.hook.dialnexa_conn_id] = self.refused_at
             except Exception as exc:  # any failure must reach the waiters, or they would wait forever
                 for futures in waiters.values():
                     self._settle(futures, error=exc)
@@ -167,9 +183,9 @@ class BatchPoller:
 
 # One poller per (event loop, connection id), alive while at least one trigger uses it.
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, BatchPoller]] = weakref.WeakKeyDictionary()
-# Connection ids whose List Calls route was refused, per event loop (a triggerer runs one loop for its life):
-# later pollers of that connection go straight to Get Call instead of asking (and warning) again.
-_refused: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[str]] = weakref.WeakKeyDictionary()
+# When each connection's List Calls route was refused, per event loop (a triggerer runs one loop for its life):
+# later pollers of that connection go straight to Get Call, until ``CONNECTION_TTL`` has passed.
+_refused: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 def active_pollers() -> dict[str, BatchPoller]:
@@ -185,7 +201,7 @@ def batch_poller(conn_id: str) -> Iterator[BatchPoller]:
     poller = pollers.get(conn_id)
     if poller is None:
         poller = pollers[conn_id] = BatchPoller(DialNexaHook(conn_id))
-        poller.list_refused = conn_id in _refused.get(loop, ())
+        poller.refused_at = _refused.get(loop, {}).get(conn_id)
     poller.users += 1
     try:
         yield poller

@@ -124,6 +124,35 @@ async def test_refused_list_calls_polls_each_call_once_per_interval(
     figures("refused-list", get_calls_per_call_per_minute=round(5 / span * 60, 1), span_s=round(span, 2))
 
 
+async def test_a_refused_list_calls_is_asked_again_after_the_connection_ttl(
+    simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployment refused List Calls, then the key was given the permission: batching resumes within
+    ``CONNECTION_TTL`` (the clock is moved, not waited for) instead of only after a triggerer restart.
+    """
+    now = [1000.0]
+    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    use_connection(monkeypatch, simulator, api_key, polling="batched")
+    simulator.configure(list_route="forbidden")
+    call_id = endless_call(simulator)
+    wait = asyncio.ensure_future(only_event(DialNexaCallTrigger(call_id, polling="batched", **FAST), timeout=60))
+
+    def listed() -> list[LogEntry]:
+        return [e for e in simulator.requests(route="list") if e.status_code == 200]
+
+    while not simulator.requests(call_id=call_id, route="get") and not wait.done():
+        await asyncio.sleep(0.02)  # an observable event: the first Get Call after the refusal
+    simulator.configure(list_route="ok")
+    now[0] += hook_module.CONNECTION_TTL + 1
+    give_up = time.monotonic() + 20  # bounds the failure case only: a poll every second lists it at once
+    while not listed() and not wait.done() and time.monotonic() < give_up:
+        await asyncio.sleep(0.02)
+    simulator.set_status(call_id, "completed")
+    event = await wait
+    assert event["status"] == "completed"
+    assert listed(), "List Calls was never asked again after the refusal"
+
+
 # -- 2. one slow or failing call must not stall the batch -------------------------------------------------
 
 
