@@ -87,3 +87,26 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         env.undo()
         settings.configure_vars()
         settings.reconfigure_orm()
+
+
+class FakeClock:
+    """Stands in for the ``time`` module inside ``policy``: ``monotonic`` and ``time`` move only when told,
+    so rate budgets and header parsing are tested without sleeping (the start is a plausible Unix time).
+    """
+
+    def __init__(self, now: float = 1_790_000_000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """``policy``'s clock, faked (see ``FakeClock``)."""
+    fake = FakeClock()
+    monkeypatch.setattr(policy, "time", fake)
+    return fake

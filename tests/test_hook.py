@@ -26,6 +26,7 @@ import requests
 import uvicorn
 from _compat import capture_logs
 from airflow.providers.common.compat.connection import get_async_connection
+from conftest import FakeClock
 
 import airflow_provider_dialnexa
 from airflow_provider_dialnexa import policy
@@ -863,26 +864,6 @@ async def test_aget_call_config_error_sends_nothing(sim: Simulator, monkeypatch:
 
 
 # -- rate budget and Retry-After parsing (pure, no sleeping) -------------------------------------------------
-
-
-class FakeClock:
-    """Stands in for the ``time`` module inside ``policy`` so budgets can be tested without sleeping."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(policy, "time", fake)
-    return fake
 
 
 def test_rate_budget_spacing(clock: FakeClock) -> None:

@@ -18,30 +18,11 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from conftest import FakeClock
 
 from airflow_provider_dialnexa import policy
 from airflow_provider_dialnexa.policy import RateBudget, RateHeaders, budget_for, parse_rate_headers
 from airflow_provider_dialnexa.simulator.ratelimit import KeyLimiter, header_values
-
-
-class FakeClock:
-    """Stands in for the ``time`` module inside ``policy``: ``monotonic`` and ``time`` move only when told."""
-
-    def __init__(self, now: float = 1_790_000_000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(policy, "time", fake)
-    return fake
 
 
 def rate_headers(limit: object = None, remaining: object = None, reset: object = None) -> httpx.Headers:
