@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airflow_provider_dialnexa import policy
+from airflow_provider_dialnexa.hooks.dialnexa import close_async_clients
 from airflow_provider_dialnexa.simulator import Simulator
+from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 
 SIM_API_KEY = "dnx_test_key:s3cr3t-SIM-KEY"
 SIM_SEED = 1234
@@ -110,3 +115,35 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(policy, "time", fake)
     return fake
+
+
+@pytest.fixture
+async def close_shared_clients() -> AsyncIterator[None]:
+    """Close the event loop's shared httpx clients after the test (use with ``pytest.mark.usefixtures``)."""
+    yield
+    await close_async_clients()
+
+
+async def only_event(trigger: DialNexaCallTrigger, timeout: float = 30) -> dict[str, Any]:
+    """The trigger's one event payload; asserts the generator ends right after it and names the call."""
+    gen = trigger.run()
+    event = await asyncio.wait_for(gen.__anext__(), timeout)
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(gen.__anext__(), 5)
+    payload = event.payload
+    assert isinstance(payload, dict)
+    assert payload["call_id"] == trigger.call_id
+    return payload
+
+
+def child_env(home: Path) -> dict[str, str]:
+    """This process's environment without Airflow settings, plus a throwaway AIRFLOW_HOME (for child DAG runs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        PYTHONUNBUFFERED="1",
+    )
+    return env

@@ -11,15 +11,16 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import only_event
 
 from airflow_provider_dialnexa import _poller as poller_module
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._poller import BatchPoller, active_pollers
-from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook, close_async_clients
+from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
 from airflow_provider_dialnexa.simulator import Fault, LogEntry, Simulator
 from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 
@@ -41,25 +42,11 @@ def sim(simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch) -> 
     return simulator
 
 
-@pytest.fixture(autouse=True)
-async def _close_shared_clients() -> AsyncIterator[None]:
-    yield
-    await close_async_clients()
+pytestmark = pytest.mark.usefixtures("close_shared_clients")
 
 
 def trigger(call_id: str, **kwargs: Any) -> DialNexaCallTrigger:
     return DialNexaCallTrigger(call_id, polling="batched", **{**FAST, **kwargs})
-
-
-async def only_event(trig: DialNexaCallTrigger, timeout: float = 30) -> dict[str, Any]:
-    gen = trig.run()
-    event = await asyncio.wait_for(gen.__anext__(), timeout)
-    with pytest.raises(StopAsyncIteration):
-        await gen.__anext__()
-    payload = event.payload
-    assert isinstance(payload, dict)
-    assert payload["call_id"] == trig.call_id
-    return payload
 
 
 async def events_of(triggers: list[DialNexaCallTrigger], timeout: float = 30) -> list[dict[str, Any]]:

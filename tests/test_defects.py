@@ -19,12 +19,12 @@ import sys
 import textwrap
 import time
 import weakref
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowSkipException, TaskDeferred
+from conftest import child_env, only_event
 
 from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
@@ -58,21 +58,7 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(autouse=True)
-async def _close_shared_clients() -> AsyncIterator[None]:
-    yield
-    await close_async_clients()
-
-
-async def only_event(trigger: DialNexaCallTrigger, timeout: float = 30) -> dict[str, Any]:
-    gen = trigger.run()
-    event = await asyncio.wait_for(gen.__anext__(), timeout)
-    with pytest.raises(StopAsyncIteration):
-        await gen.__anext__()
-    payload = event.payload
-    assert isinstance(payload, dict)
-    assert payload["call_id"] == trigger.call_id
-    return payload
+pytestmark = pytest.mark.usefixtures("close_shared_clients")
 
 
 def ended_call(sim: Simulator, outcome: str = "completed", **spec: Any) -> str:
@@ -480,19 +466,6 @@ SOFT_FAIL_DAG = textwrap.dedent(
         print("DNX_RESULT " + json.dumps({"run": str(run.state), "ti": str(ti.state)}))
     '''
 )
-
-
-def child_env(home: Path) -> dict[str, str]:
-    """This process's environment without Airflow settings, plus a throwaway AIRFLOW_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="False",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def test_dag_test_soft_fail_sensor_fails_when_the_key_is_revoked_after_the_first_poke(

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from airflow_provider_dialnexa.exceptions import DialNexaRateLimitError
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import RetryPolicy
 from airflow_provider_dialnexa.simulator import Fault, LogEntry, Simulator, SimulatorError
 
@@ -30,10 +30,7 @@ def use_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, sim: Simulator
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
-@pytest.fixture(autouse=True)
-async def _close_shared_clients() -> AsyncIterator[None]:
-    yield
-    await close_async_clients()
+pytestmark = pytest.mark.usefixtures("close_shared_clients")
 
 
 @pytest.fixture

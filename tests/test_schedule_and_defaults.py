@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from _clock import drive_time
 
 from airflow_provider_dialnexa._http import settings_from_connection
 from airflow_provider_dialnexa.exceptions import DialNexaBadRequestError
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator
 from airflow_provider_dialnexa.policy import MIN_POLL_INTERVAL, PollPolicy, RetryPolicy
 from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
@@ -39,10 +38,7 @@ def sim(simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch) -> 
     return simulator
 
 
-@pytest.fixture(autouse=True)
-async def _close_shared_clients() -> AsyncIterator[None]:
-    yield
-    await close_async_clients()
+pytestmark = pytest.mark.usefixtures("close_shared_clients")
 
 
 def running_then_ended(sim: Simulator, polls: int, outcome: str = "completed") -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 from _compat import AIRFLOW_V_3, TRIGGER_FAIL_REPR, trigger_timeout_kwargs
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+from conftest import child_env
 
 from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
@@ -402,19 +402,6 @@ DAG_FILE = textwrap.dedent(
 )
 
 
-def _child_env(home: Path) -> dict[str, str]:
-    """This process's environment without Airflow settings, plus a throwaway AIRFLOW_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="False",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite metadata DB in a temporary AIRFLOW_HOME (once per session)."""
@@ -422,7 +409,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (home / "dags").mkdir()
     airflow = Path(sys.executable).with_name("airflow")
     result = subprocess.run(
-        [str(airflow), "db", "migrate"], env=_child_env(home), capture_output=True, text=True, timeout=300, check=False
+        [str(airflow), "db", "migrate"], env=child_env(home), capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return home
@@ -434,7 +421,7 @@ def test_dag_test_defers_resumes_and_times_out(sim: Simulator, api_key: str, air
     endless = running_call(sim)
     dag_file = airflow_home / "dags" / "dialnexa_wait_dags.py"
     dag_file.write_text(DAG_FILE)
-    env = _child_env(airflow_home)
+    env = child_env(airflow_home)
     env.update(AIRFLOW_CONN_DIALNEXA_DEFAULT=conn_json(sim, api_key), DNX_OK_CALL=ok, DNX_ENDLESS_CALL=endless)
     child = subprocess.run(
         [sys.executable, str(dag_file)], env=env, capture_output=True, text=True, timeout=300, check=False

@@ -14,7 +14,6 @@ import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,9 +21,10 @@ import requests
 from _clock import drive_time
 from _compat import AIRFLOW_V_3, Connection, capture_logs, deserialize, import_string, serialize
 from airflow.providers.common.compat.sdk import BaseHook
+from conftest import only_event as one_event
 
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
-from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
+from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import RetryPolicy
 from airflow_provider_dialnexa.simulator import Fault, Simulator
 from airflow_provider_dialnexa.simulator.state import FaultKind, FaultRoute
@@ -65,22 +65,13 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hook_module, "RetryPolicy", fast)
 
 
-@pytest.fixture(autouse=True)
-async def _close_shared_clients() -> AsyncIterator[None]:
-    yield
-    await close_async_clients()
+pytestmark = pytest.mark.usefixtures("close_shared_clients")
 
 
 async def only_event(trigger: DialNexaCallTrigger, timeout: float = 30) -> dict[str, Any]:
-    """The trigger's one event; asserts the generator ends right after it."""
-    gen = trigger.run()
-    event = await asyncio.wait_for(gen.__anext__(), timeout)
-    with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(gen.__anext__(), 5)
-    payload = event.payload
-    assert isinstance(payload, dict)
+    """The trigger's one event (see ``conftest.only_event``), with exactly the keys its kind documents."""
+    payload = await one_event(trigger, timeout)
     assert set(payload) == EVENT_KEYS[payload["event"]], payload
-    assert payload["call_id"] == trigger.call_id
     return payload
 
 
