@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator
 from airflow_provider_dialnexa.policy import MIN_POLL_INTERVAL, PollPolicy, RetryPolicy
 from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
 from airflow_provider_dialnexa.simulator import Fault, Simulator
-from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
+from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger, DialNexaWindowTrigger
 
 CONN_ID = "dialnexa_default"
 
@@ -71,6 +72,31 @@ async def test_the_sensor_defers_to_the_readme_poll_schedule(sim: Simulator, mon
     assert event["event"] == "success"
     assert clock.sleeps == pytest.approx(README_SCHEDULE)
     assert sim.get_count(call_id) == 1 + len(README_SCHEDULE)  # the poke, then one poll per wait
+
+
+async def test_the_export_window_trigger_waits_on_the_same_schedule(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export's window trigger grows its interval like the call trigger: 10, 15, 22.5, ... (the task has just
+    listed the window, so its first wait is interval 0), each at most 10 % shorter."""
+    clock = drive_time(monkeypatch)
+    call_id = sim.create_call(outcome="completed", queued_s=0, ring_s=3600, talk_s=0)
+    now = datetime.now(UTC)
+    trigger = DialNexaWindowTrigger((now - timedelta(hours=1)).isoformat(), (now + timedelta(hours=1)).isoformat())
+    probe, probes = trigger._probe, [0]
+
+    async def probe_then_end_the_call(hook: DialNexaHook) -> str:
+        probes[0] += 1
+        if probes[0] == 4:
+            sim.set_status(call_id, "completed")
+        return await probe(hook)
+
+    monkeypatch.setattr(trigger, "_probe", probe_then_end_the_call)
+    event = await anext(trigger.run())
+    assert event.payload["event"] == "success"
+    assert len(clock.sleeps) == 4
+    for slept, nominal in zip(clock.sleeps, README_SCHEDULE, strict=False):
+        assert 0.9 * nominal <= slept <= nominal
 
 
 def _deferred_trigger(sensor: DialNexaCallSensor) -> tuple[str, dict[str, Any]]:

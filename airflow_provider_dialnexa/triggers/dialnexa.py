@@ -429,7 +429,7 @@ class DialNexaWindowTrigger(BaseTrigger):
                 continue
             failures = 0
             polls += 1
-            delay = self._policy.interval(polls - 1)
+            delay = self._policy.interval(polls)  # the first wait was interval 0: after poll n comes interval n
 
 
 def validate_window_event(event: Any) -> dict[str, Any]:
