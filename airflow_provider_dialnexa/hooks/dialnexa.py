@@ -420,19 +420,42 @@ class DialNexaHook(BaseHook):
         session.headers.update(self.settings.headers)
         return session
 
-    def _get(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        subject: str,
+        call_id: str | None,
+        hints: Mapping[int, str] | None = None,
+        wait_out_timeouts: bool = False,
+        **request: Any,
+    ) -> Any:
+        """One sync request: wait for the key's budget, send, and turn the answer into data or a typed error.
+
+        Retrying is the caller's decision (reads retry through tenacity; a billable POST never blindly).
+        ``wait_out_timeouts``: a read timeout asks for as long again before anything else (``retry_after``),
+        since DialNexa may still be working on the request.
+        """
         settings = self.settings
         budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+        for delay in budget.delays() if budget is not None else ():
+            time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues the request
         timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
-        for attempt in Retrying(**self._policy(settings).tenacity_kwargs(self.log, describe(subject, None))):
+        try:
+            response = self.session.request(method, url, timeout=timeout, **request)
+        except _SYNC_TRANSPORT_ERRORS as exc:
+            error = self._unreachable(exc, subject, settings, call_id)
+            if wait_out_timeouts and isinstance(exc, requests.Timeout):
+                error.retry_after = timeout[1]
+            raise error from None
+        return self._answer(response, subject=subject, call_id=call_id, settings=settings, budget=budget, hints=hints)
+
+    def _get(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
+        policy = self._policy(self.settings)
+        for attempt in Retrying(**policy.tenacity_kwargs(self.log, describe(subject, None))):
             with attempt:
-                for delay in budget.delays() if budget is not None else ():
-                    time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues the request
-                try:
-                    response = self.session.get(url, params=params, timeout=timeout)
-                except _SYNC_TRANSPORT_ERRORS as exc:
-                    raise self._unreachable(exc, subject, settings, call_id) from None
-                return self._answer(response, subject=subject, call_id=call_id, settings=settings, budget=budget)
+                return self._send_once("GET", url, params=params, subject=subject, call_id=call_id)
         raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     def get_call(self, call_id: str) -> dict[str, Any]:
@@ -464,20 +487,8 @@ class DialNexaHook(BaseHook):
         """One POST through the rate budget, never retried here: placing a call is billable, so whether to
         send it again is the caller's decision. Transport failures raise ``DialNexaUnreachableError``.
         """
-        settings = self.settings
-        budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
-        for delay in budget.delays() if budget is not None else ():
-            time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues
-        timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
-        try:
-            response = self.session.post(url, json=body, timeout=timeout)
-        except _SYNC_TRANSPORT_ERRORS as exc:
-            error = self._unreachable(exc, subject, settings, None)
-            if isinstance(exc, requests.Timeout):  # DialNexa may still be working on it: give it as long again
-                error.retry_after = timeout[1]
-            raise error from None
-        return self._answer(
-            response, subject=subject, call_id=None, settings=settings, budget=budget, hints=CREATE_CALL_HINTS
+        return self._send_once(
+            "POST", url, json=body, subject=subject, call_id=None, hints=CREATE_CALL_HINTS, wait_out_timeouts=True
         )
 
     def create_call(
