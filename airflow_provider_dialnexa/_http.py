@@ -560,7 +560,6 @@ class WindowPager:
         self.start, self.end, self.filters, self.size, self.settings = start, end, dict(filters), page_size, settings
         self.page = 1
         self.done = False
-        self.requests = 0
         self.seen: set[str] = set()
 
     def params(self) -> dict[str, str]:
@@ -573,7 +572,6 @@ class WindowPager:
 
     def take(self, data: Any) -> list[dict[str, Any]]:
         records, server_limit = as_call_list(data, settings=self.settings)
-        self.requests += 1
         count = len(records)
         if server_limit is not None and 0 < server_limit < self.size:
             self.size = server_limit  # the server applied a smaller page: continue with it, offsets stay aligned

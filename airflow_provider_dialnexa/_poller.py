@@ -55,13 +55,7 @@ class BatchPoller:
         ``CONNECTION_TTL`` ago; after that the next read asks List Calls again (permissions can be fixed
         without restarting the triggerer, as connections can).
         """
-        if self.refused_at is None:
-            return False
-        if hook_module._clock() - self.refused_at < hook_module.CONNECTION_TTL:
-            return True
-        self.refused_at = None
-        log.info("Asking DialNexa List Calls again (refused %.0f s ago)", hook_module.CONNECTION_TTL)
-        return False
+        return self.refused_at is not None and hook_module._clock() - self.refused_at < hook_module.CONNECTION_TTL
 
     @property
     def pending(self) -> int:

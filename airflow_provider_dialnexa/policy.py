@@ -244,7 +244,6 @@ class RateBudget:
         self._last_ok: float | None = None
         # Header state: the key's window as last reported, and when this process's responses came back.
         self._remaining: int | None = None
-        self._limit: int | None = None
         self._reset_at = 0.0
         self._window = 0.0
         self._share = 1.0  # until measured: as if this process were alone on the key
@@ -399,7 +398,7 @@ class RateBudget:
                 mine = sum(1 for t in self._mine if t >= began)
                 if used >= 10 and mine:
                     self._share = min(1.0, max(0.02, mine / used))
-            self._remaining, self._limit = rate.remaining, rate.limit
+            self._remaining = rate.remaining
             self._reset_at = now + rate.reset_in
             if self._share**self.SHARE_EXPONENT * rate.remaining < 1:
                 # Our part of the window is spent: hold until it resets, then start again at the rate.

@@ -61,6 +61,21 @@ def field_names(argument: str, names: str | Iterable[str] | None) -> frozenset[s
     return frozenset(items)
 
 
+def field_options(
+    task_id: str, include: str | Iterable[str] | None, exclude: str | Iterable[str] | None
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """Validate a task's ``include_fields``/``exclude_fields`` together, at DAG parse time (both operators)."""
+    included, excluded = field_names("include_fields", include), field_names("exclude_fields", exclude)
+    if included is not None and excluded is not None:
+        raise ValueError(
+            f"Task {task_id!r}: give include_fields or exclude_fields, not both "
+            "(include keeps only the named fields, exclude drops them)"
+        )
+    if included is not None and not included:
+        raise ValueError(f"Task {task_id!r}: include_fields is empty; use None to keep every field")
+    return included, excluded
+
+
 def shape_record(
     record: Mapping[str, Any],
     include: Collection[str] | None = None,

@@ -46,7 +46,7 @@ from airflow_provider_dialnexa.exceptions import (
 )
 from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
-from airflow_provider_dialnexa.records import field_names, mask_phone_number, shape_record
+from airflow_provider_dialnexa.records import field_options, mask_phone_number, shape_record
 from airflow_provider_dialnexa.triggers.dialnexa import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ERROR,
@@ -119,15 +119,7 @@ class DialNexaGetCallOperator(BaseOperator):
         self.max_consecutive_failures = max_consecutive_failures
         self.polling = polling
         self.failure_statuses = failure_status_set(failure_statuses)
-        self.include_fields = field_names("include_fields", include_fields)
-        self.exclude_fields = field_names("exclude_fields", exclude_fields)
-        if self.include_fields is not None and self.exclude_fields is not None:
-            raise ValueError(
-                f"Task {self.task_id!r}: give include_fields or exclude_fields, not both "
-                "(include keeps only the named fields, exclude drops them)"
-            )
-        if self.include_fields is not None and not self.include_fields:
-            raise ValueError(f"Task {self.task_id!r}: include_fields is empty; use None to keep every field")
+        self.include_fields, self.exclude_fields = field_options(self.task_id, include_fields, exclude_fields)
         self.mask_phone_numbers = mask_phone_numbers
         if wait_for_completion:  # fail at parse time, not in the triggerer
             if self.timeout <= 0:
@@ -361,7 +353,7 @@ class DialNexaExportCallsOperator(BaseOperator):
         page_size: int = MAX_LIST_LIMIT,
         **kwargs: Any,
     ) -> None:
-        if isinstance(destination, str) and "{{" not in destination and not kwargs.get("outlets"):
+        if isinstance(destination, str) and not _is_template(destination) and not kwargs.get("outlets"):
             asset = _asset_for(destination)
             if asset is not None:
                 kwargs["outlets"] = [asset]
@@ -377,15 +369,10 @@ class DialNexaExportCallsOperator(BaseOperator):
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
         self.max_consecutive_failures = max_consecutive_failures
-        self.include_fields = field_names("include_fields", include_fields)
-        self.exclude_fields = field_names("exclude_fields", exclude_fields)
+        self.include_fields, self.exclude_fields = field_options(self.task_id, include_fields, exclude_fields)
         self.mask_phone_numbers = mask_phone_numbers
         self.page_size = page_size
         where = f"Task {self.task_id!r}"
-        if self.include_fields is not None and self.exclude_fields is not None:
-            raise ValueError(f"{where}: give include_fields or exclude_fields, not both")
-        if self.include_fields is not None and not self.include_fields:
-            raise ValueError(f"{where}: include_fields is empty; use None to keep every field")
         if on_timeout not in ON_TIMEOUT_CHOICES:
             raise ValueError(f"{where}: on_timeout must be one of {ON_TIMEOUT_CHOICES}, got {on_timeout!r}")
         if not isinstance(destination, str) or not destination.strip():
@@ -397,7 +384,7 @@ class DialNexaExportCallsOperator(BaseOperator):
         check_wait_options(self.poll_interval, self.max_poll_interval, None)
         try:  # names at parse time; values may still be templates
             filter_query(dict.fromkeys(self.filters))
-            if not _templated(window_start) and not _templated(window_end):
+            if not _is_template(window_start) and not _is_template(window_end):
                 DialNexaHook.check_list_arguments(window_start, window_end)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
@@ -583,7 +570,3 @@ class DialNexaExportCallsOperator(BaseOperator):
             result["running_left_out"] = len(running)
         self.log.info("Exported %d DialNexa calls of [%s, %s) to %s", result["calls"], start, end, path)
         return result
-
-
-def _templated(value: object) -> bool:
-    return isinstance(value, str) and "{{" in value
