@@ -24,7 +24,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     },
 }
 
-# Extras stored in ``Connection.extra``; the hook validates them (see ``connection.py``).
+# Extras stored in ``Connection.extra``; the hook validates them (see ``_connection.py``).
 CONN_FIELDS: dict[str, Any] = {
     "timeout": {
         "label": "Request timeout (s)",

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airflow_provider_dialnexa._http import validate_call_id
+from airflow_provider_dialnexa._validation import validate_call_id
 from airflow_provider_dialnexa.exceptions import (
     DialNexaBadRequestError,
     DialNexaNotFoundError,

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import POLLING_MODES
+from airflow_provider_dialnexa._connection import POLLING_MODES
 from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, error_from_event
 from airflow_provider_dialnexa.policy import PollPolicy
 from airflow_provider_dialnexa.triggers.dialnexa import ERROR, TIMEOUT, DialNexaCallTrigger, validate_event

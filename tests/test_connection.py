@@ -10,7 +10,7 @@ import pytest
 from _compat import capture_logs
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
-from airflow_provider_dialnexa._http import DEFAULT_BASE_URL, ConnectionSettings, settings_from_connection
+from airflow_provider_dialnexa._connection import DEFAULT_BASE_URL, ConnectionSettings, settings_from_connection
 from airflow_provider_dialnexa.exceptions import DialNexaConfigError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_RETRIES, DEFAULT_RATE_PER_MINUTE, DEFAULT_TIMEOUT

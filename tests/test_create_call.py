@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from _compat import capture_logs, dag_bag, return_values
 
-from airflow_provider_dialnexa._http import CORRELATION_KEY, validate_phone_number
+from airflow_provider_dialnexa._placement import CORRELATION_KEY
+from airflow_provider_dialnexa._validation import validate_phone_number
 from airflow_provider_dialnexa.exceptions import (
     DialNexaBadRequestError,
     DialNexaNotFoundError,

@@ -21,7 +21,7 @@ from _compat import AIRFLOW_V_3, capture_logs, dag_bag, return_values
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import as_utc, iso_utc
+from airflow_provider_dialnexa._paging import as_utc, iso_utc
 from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
     DialNexaConfigError,
@@ -611,7 +611,8 @@ def test_a_status_filter_of_ended_statuses_never_waits(sim: Simulator, tmp_path:
 
 
 def _pager(size: int = 3) -> Any:
-    from airflow_provider_dialnexa._http import ConnectionSettings, WindowPager
+    from airflow_provider_dialnexa._connection import ConnectionSettings
+    from airflow_provider_dialnexa._paging import WindowPager
 
     settings = ConnectionSettings(conn_id="c", base_url="http://x", api_key="k:s")
     return WindowPager(T0, T0 + timedelta(hours=1), {}, size, settings)

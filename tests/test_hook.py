@@ -30,7 +30,7 @@ from conftest import FakeClock
 
 import airflow_provider_dialnexa
 from airflow_provider_dialnexa import policy
-from airflow_provider_dialnexa._http import USER_AGENT, settings_from_connection
+from airflow_provider_dialnexa._connection import USER_AGENT, settings_from_connection
 from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
     DialNexaBadRequestError,

@@ -20,7 +20,7 @@ import pytest
 
 import airflow_provider_dialnexa
 from airflow_provider_dialnexa import CONN_FIELDS, DISTRIBUTION_NAME, UI_FIELD_BEHAVIOUR, get_provider_info
-from airflow_provider_dialnexa._http import settings_from_connection
+from airflow_provider_dialnexa._connection import settings_from_connection
 from airflow_provider_dialnexa.exceptions import DialNexaConfigError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from _clock import drive_time
 
-from airflow_provider_dialnexa._http import settings_from_connection
+from airflow_provider_dialnexa._connection import settings_from_connection
 from airflow_provider_dialnexa.exceptions import DialNexaBadRequestError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator

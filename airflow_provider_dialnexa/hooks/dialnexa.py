@@ -20,26 +20,24 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_dialnexa import CONN_FIELDS, UI_FIELD_BEHAVIOUR
-from airflow_provider_dialnexa._http import (
-    CORRELATION_KEY,
-    ConnectionSettings,
+from airflow_provider_dialnexa._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_dialnexa._paging import (
     WindowPager,
     as_call_list,
-    as_call_record,
-    as_created_call,
     as_utc,
     call_id_query,
     check_window,
-    create_call_body,
     filter_query,
-    interpret,
+)
+from airflow_provider_dialnexa._placement import (
+    CORRELATION_KEY,
+    as_created_call,
+    create_call_body,
     phone_digits,
     record_metadata,
-    settings_from_connection,
-    validate_agent_id,
-    validate_call_id,
-    validate_phone_number,
 )
+from airflow_provider_dialnexa._response import as_call_record, interpret
+from airflow_provider_dialnexa._validation import validate_agent_id, validate_call_id, validate_phone_number
 from airflow_provider_dialnexa.exceptions import (
     CREATE_CALL_HINTS,
     DialNexaAuthError,

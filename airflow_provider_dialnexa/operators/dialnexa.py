@@ -22,14 +22,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import (
-    CORRELATION_KEY,
-    as_utc,
-    filter_items,
-    filter_query,
-    iso_utc,
-    validate_phone_number,
-)
+from airflow_provider_dialnexa._paging import as_utc, filter_items, filter_query, iso_utc
+from airflow_provider_dialnexa._placement import CORRELATION_KEY
+from airflow_provider_dialnexa._validation import validate_phone_number
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._http import POLLING_MODES
+from airflow_provider_dialnexa._connection import POLLING_MODES
 from airflow_provider_dialnexa._poller import batch_poller
 from airflow_provider_dialnexa.exceptions import (
     TRANSIENT_KINDS,

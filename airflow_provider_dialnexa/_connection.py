@@ -1,0 +1,153 @@
+"""The DialNexa Airflow connection, validated once: base URL, API key, extras (``ConnectionSettings``)."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from airflow_provider_dialnexa import __version__
+from airflow_provider_dialnexa.exceptions import DialNexaConfigError
+from airflow_provider_dialnexa.policy import DEFAULT_MAX_RETRIES, DEFAULT_RATE_PER_MINUTE, DEFAULT_TIMEOUT
+
+DEFAULT_BASE_URL = "https://api.dialnexa.com"
+USER_AGENT = f"airflow-provider-dialnexa/{__version__}"
+POLLING_MODES = ("batched", "per_call")
+_EXTRA_PREFIX = "extra__dialnexa__"
+_KNOWN_EXTRAS = ("timeout", "max_retries", "rate_limit_per_minute", "polling")
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """A validated ``dialnexa`` connection. ``repr`` hides the key."""
+
+    conn_id: str
+    base_url: str
+    api_key: str
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    rate_limit_per_minute: float = DEFAULT_RATE_PER_MINUTE
+    polling: str = "batched"
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectionSettings(conn_id={self.conn_id!r}, base_url={self.base_url!r}, api_key='***', "
+            f"timeout={self.timeout}, max_retries={self.max_retries}, "
+            f"rate_limit_per_minute={self.rate_limit_per_minute}, polling={self.polling!r})"
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+
+    def call_url(self, call_id: str) -> str:
+        return f"{self.base_url}/v1/calls/{quote(call_id, safe='')}"
+
+    @property
+    def calls_url(self) -> str:
+        return f"{self.base_url}/v1/calls"
+
+
+def _config_error(conn_id: str, problem: str) -> DialNexaConfigError:
+    return DialNexaConfigError(f"DialNexa connection {conn_id!r}: {problem}", conn_id=conn_id)
+
+
+def normalise_base_url(conn_id: str, host: str | None, schema: str | None, port: int | None) -> str:
+    """Base URL without a trailing ``/`` or ``/v1``; empty host means DialNexa's production URL."""
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        if (schema or "").lower() in ("http", "https"):
+            host = f"{schema.lower()}://{host}"  # type: ignore[union-attr]
+        else:
+            raise _config_error(
+                conn_id,
+                f"host {host!r} has no scheme; set it to 'https://{host}' (or leave it empty for {DEFAULT_BASE_URL})",
+            )
+    parts = urlsplit(host)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _config_error(conn_id, f"host scheme {parts.scheme!r} is not supported; use https://")
+    if not parts.hostname:
+        raise _config_error(conn_id, f"host {host!r} names no server")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise _config_error(conn_id, "host must be a plain base URL (no credentials, query or fragment)")
+    try:
+        netloc_port = parts.port
+    except ValueError as exc:
+        raise _config_error(conn_id, f"host {host!r} has an invalid port") from exc
+    netloc = parts.netloc
+    if port and netloc_port is None:
+        netloc = f"{netloc}:{port}"
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return f"{parts.scheme.lower()}://{netloc}{path}"
+
+
+def _number(conn_id: str, name: str, value: Any, low: float, high: float, integer: bool) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _config_error(conn_id, f"extra {name!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _config_error(conn_id, f"extra {name!r} must be a number, got {type(value).__name__}")
+    if integer and value != int(value):
+        raise _config_error(conn_id, f"extra {name!r} must be a whole number, got {value}")
+    if not low <= value <= high:
+        raise _config_error(conn_id, f"extra {name!r} must be between {low:g} and {high:g}, got {value}")
+    return float(value)
+
+
+def settings_from_connection(
+    conn_id: str,
+    *,
+    host: str | None,
+    password: str | None,
+    schema: str | None = None,
+    port: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[ConnectionSettings, list[str]]:
+    """Validate a connection's fields; return the settings and warnings (unknown extras)."""
+    api_key = (password or "").strip()
+    if not api_key:
+        raise _config_error(conn_id, "no API key; put the DialNexa API key (<key_id>:<secret>) in the password field")
+    if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in api_key):
+        raise _config_error(conn_id, "the API key contains whitespace or control characters")
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    for raw_name, value in (extra or {}).items():
+        name = raw_name.removeprefix(_EXTRA_PREFIX)
+        if name not in _KNOWN_EXTRAS:
+            warnings.append(f"DialNexa connection {conn_id!r}: ignoring unknown extra {raw_name!r}")
+        elif value is not None and value != "":
+            values[name] = value
+    settings = ConnectionSettings(
+        conn_id=conn_id,
+        base_url=normalise_base_url(conn_id, host, schema, port),
+        api_key=api_key,
+    )
+    changes: dict[str, Any] = {}
+    if "timeout" in values:
+        changes["timeout"] = _number(conn_id, "timeout", values["timeout"], 1, 300, integer=False)
+    if "max_retries" in values:
+        changes["max_retries"] = int(_number(conn_id, "max_retries", values["max_retries"], 0, 20, True))
+    if "rate_limit_per_minute" in values:
+        changes["rate_limit_per_minute"] = _number(
+            conn_id, "rate_limit_per_minute", values["rate_limit_per_minute"], 0, 100_000, integer=False
+        )
+    if "polling" in values:
+        polling = str(values["polling"]).strip().lower().replace("-", "_")
+        if polling not in POLLING_MODES:
+            raise _config_error(conn_id, f"extra 'polling' must be one of {POLLING_MODES}, got {polling!r}")
+        changes["polling"] = polling
+    if changes:
+        settings = ConnectionSettings(**{**settings.__dict__, **changes})
+    return settings, warnings
