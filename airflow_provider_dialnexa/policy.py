@@ -21,6 +21,7 @@ from typing import Any
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
 
 from airflow_provider_dialnexa.exceptions import DialNexaError
+from airflow_provider_dialnexa.records import mask_numbers
 
 #: DialNexa: "never poll more often than once per second" (per call). Enforced, not configurable.
 MIN_POLL_INTERVAL = 1.0
@@ -92,7 +93,7 @@ class RetryPolicy:
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
                 "%s (retry %d of %d in %.2f s)",
-                exc or f"{what} failed",
+                mask_numbers(str(exc or f"{what} failed")),  # DialNexa's messages echo phone numbers
                 state.attempt_number,
                 self.max_retries,
                 wait,
