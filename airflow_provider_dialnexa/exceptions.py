@@ -2,7 +2,8 @@
 
 Every error subclasses ``AirflowException`` so task retries and ``soft_fail`` behave as Airflow users
 expect. Messages name the call id, the connection id, the HTTP status and DialNexa's own ``message``;
-they never contain the API key or a whole response body (call records hold transcripts: personal data).
+they never contain the API key or a whole response body (call records hold transcripts: personal data),
+and every phone number in them is masked (``records.mask_numbers``), whoever built the text.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
+from airflow_provider_dialnexa.records import mask_numbers
+
 _MAX_MESSAGE = 300
+#: How much of DialNexa's ``message`` is read before masking (masking first, then cutting to ``_MAX_MESSAGE``,
+#: never leaves half a number unmasked at the cut).
+_READ_MESSAGE = 4 * _MAX_MESSAGE
 
 
 class DialNexaError(AirflowException):
-    """Base class of every error this provider raises about DialNexa."""
+    """Base class of every error this provider raises about DialNexa.
+
+    Phone numbers in ``message`` and ``api_message`` are masked here, once for every error: DialNexa echoes
+    numbers in its messages, and error text reaches task logs, retry warnings and trigger events.
+    """
 
     #: Short machine-readable name, used as the ``kind`` of trigger ``error`` events.
     kind: ClassVar[str] = "error"
@@ -37,11 +47,11 @@ class DialNexaError(AirflowException):
         api_message: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(mask_numbers(message))
         self.call_id = call_id
         self.conn_id = conn_id
         self.http_status = http_status
-        self.api_message = api_message
+        self.api_message = None if api_message is None else mask_numbers(api_message)
         self.retry_after = retry_after
 
 
@@ -240,7 +250,7 @@ def error_for_status(
     except ValueError:
         reason = "HTTP error"
     message = api_message(body)
-    detail = scrub(message[:_MAX_MESSAGE], secrets) if message else None
+    detail = mask_numbers(scrub(message[:_READ_MESSAGE], secrets))[:_MAX_MESSAGE] if message else None
     text = f"{describe(subject, conn_id)}: HTTP {status_code} {reason}"
     if detail:
         text += f": {detail}"

@@ -59,6 +59,7 @@ from airflow_provider_dialnexa.policy import (
     budget_for,
     parse_rate_headers,
 )
+from airflow_provider_dialnexa.policy import CONNECTION_TTL as CONNECTION_TTL  # public here too
 from airflow_provider_dialnexa.records import mask_phone_number
 
 #: Most ids one List Calls request may carry (DialNexa's documented page-size maximum).
@@ -73,9 +74,9 @@ _SYNC_TRANSPORT_ERRORS = (
 )
 
 
-#: Seconds an event loop trusts a resolved connection before reading it again: a fixed host, a rotated key or
-#: new extras reach a running triggerer within this time, without a connection lookup per poll.
-CONNECTION_TTL = 60.0
+# ``CONNECTION_TTL`` (imported from ``policy``, still importable from here): seconds an event loop trusts a resolved
+# connection before reading it again, so a fixed host, a rotated key or new extras reach a running triggerer
+# within this time without a lookup per poll.
 
 
 def _clock() -> float:
@@ -332,7 +333,7 @@ class DialNexaHook(BaseHook):
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
                 timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
             )
-            budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+            budget = budget_for(settings.api_key, settings.rate_limit_per_minute, conn_id=settings.conn_id)
             fresh = _LoopClient(settings, client, budget, asyncio.Semaphore(MAX_CONNECTIONS), resolved_at=_clock())
             state.clients[self.dialnexa_conn_id] = fresh
             if shared is not None:
@@ -436,7 +437,7 @@ class DialNexaHook(BaseHook):
         since DialNexa may still be working on the request.
         """
         settings = self.settings
-        budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+        budget = budget_for(settings.api_key, settings.rate_limit_per_minute, conn_id=settings.conn_id)
         for delay in budget.delays() if budget is not None else ():
             time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues the request
         timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
@@ -652,6 +653,8 @@ class DialNexaHook(BaseHook):
                 shared = await self._loop_client()  # per attempt: a client dropped after a 401 is not reused
                 shared.in_flight += 1  # from here until the answer: the client stays open for this request
                 try:
+                    if shared.budget is not None:  # this connection still uses the key: its bound still counts
+                        shared.budget.bound_by(shared.settings.conn_id, shared.settings.rate_limit_per_minute)
                     for delay in shared.budget.delays() if shared.budget is not None else ():
                         await asyncio.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues
                     try:

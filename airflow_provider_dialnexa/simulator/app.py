@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
+from airflow_provider_dialnexa.simulator.echo import echo_message, number_of
 from airflow_provider_dialnexa.simulator.ratelimit import header_values
 from airflow_provider_dialnexa.simulator.state import (
     ERROR_FAULTS,
@@ -81,14 +82,15 @@ def _error(status: int, message: str | list[str], headers: tuple[tuple[bytes, by
     return Reply(status, error_body(status, message), JSON, headers)
 
 
-def _fault_reply(fault: Fault) -> Reply:
-    """The answer of an error fault (429/5xx, or any status code given as the kind)."""
+def _fault_reply(fault: Fault, number: str | None = None) -> Reply:
+    """The answer of an error fault (429/5xx, or any status code given as the kind); ``number``: echo it."""
     if fault.kind == "502_html":
         return Reply(502, _HTML_502, HTML)
     status = int(fault.kind)
     retry = ((b"retry-after", fault.retry_after.encode("latin-1")),) if fault.retry_after is not None else ()
     messages = {429: "ThrottlerException: Too Many Requests", 500: "Internal server error", **CREATE_REFUSALS}
-    return _error(status, messages.get(status, HTTPStatus(status).phrase), retry if status in (429, 503) else ())
+    message = echo_message(status, number) if number else messages.get(status, HTTPStatus(status).phrase)
+    return _error(status, message, retry if status in (429, 503) else ())
 
 
 #: DialNexa's documented Create Call refusals (OpenAPI ``createCall`` examples).
@@ -200,6 +202,9 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
                 return 201, {"seeded": state.seed_calls(**body)}
             case "GET", ["calls", call_id]:
                 return 200, state.record(call_id)
+            case "DELETE", ["calls", call_id]:
+                state.delete_call(call_id)
+                return 200, {"ok": True}
             case "GET", ["calls", call_id, "plan"]:
                 return 200, state.plan(call_id).to_dict()
             case "POST", ["calls", call_id, "status"]:
@@ -302,7 +307,7 @@ class SimulatorApp:
                 raise SimulatedReset("shutdown during a simulated delay") from None
             now = time.time()  # the call's lifecycle moved on while we slept
         if fault is not None and (fault.kind in ERROR_FAULTS or is_status_fault(fault.kind)):
-            return _fault_reply(fault), False
+            return _fault_reply(fault, self._echoed(route, call_ids, body) if fault.echo_number else None), False
         try:
             if route == "get":
                 status, payload = 200, state.api_get(call_ids[0], now)
@@ -319,6 +324,18 @@ class SimulatorApp:
         if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)))) is not None:
             return lost
         return Reply(status, dumps(payload)), fault is not None and fault.kind == "reset"
+
+    def _echoed(self, route: str, call_ids: tuple[str, ...], body: bytes) -> str:
+        """The phone number an ``echo_number`` fault quotes (see ``simulator.echo``)."""
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        try:
+            record = self.state.record(call_ids[0]) if route == "get" and call_ids else None
+        except KeyError:
+            record = None
+        return number_of(route, call_ids, parsed, record)
 
     async def _control(self, scope: Scope, body: bytes, send: Send) -> None:
         client = scope.get("client")

@@ -142,6 +142,10 @@ class SimulatorControls:
         """Create ``n`` ended calls spread over creation times ``[start, end)`` (see :meth:`SimState.seed_calls`)."""
         return int(self._control("POST", "/_sim/calls/seed", {"n": n, "start": start, "end": end, **options})["seeded"])
 
+    def delete_call(self, call_id: str) -> None:
+        """Make the call disappear (Get Call answers 404, List Calls no longer shows it), as a deleted call does."""
+        self._control("DELETE", f"/_sim/calls/{quote(call_id, safe='')}")
+
     def set_status(self, call_id: str, status: str) -> None:
         """Force the status shown from now on, verbatim (terminal statuses fill the end-of-call fields)."""
         self._control("POST", f"/_sim/calls/{quote(call_id, safe='')}/status", {"status": status})

@@ -272,6 +272,8 @@ class Fault:
     rate: float | None = None
     retry_after: str | None = None
     delay_s: float = 1.0
+    #: Error faults only: the ``message`` quotes the request's (or the call's) phone number in several spellings.
+    echo_number: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS and not is_status_fault(self.kind):
@@ -566,6 +568,13 @@ class SimState:
         """The record Get Call would return now, without advancing a script or counting a request."""
         with self._lock:
             return self._record(self._call(call_id), time.time(), advance=False)
+
+    def delete_call(self, call_id: str) -> None:
+        """Make the call disappear, as a deleted call does: Get Call answers 404, List Calls no longer shows it."""
+        with self._lock:
+            self._call(call_id)
+            del self._calls[call_id]
+            self._order_of = None  # rebuild the creation-time index without it
 
     def _call(self, call_id: str) -> _Call:
         try:
