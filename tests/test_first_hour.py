@@ -364,3 +364,30 @@ def test_the_demo_shows_export_files_with_their_folder(tmp_path: Path, monkeypat
         ".demo", "exports", "calls.jsonl.gz"
     )
     assert shown_path("/elsewhere/calls.jsonl.gz") == "/elsewhere/calls.jsonl.gz"
+
+
+def test_a_port_in_use_says_what_to_do() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_dialnexa.simulator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in proc.stderr
+    assert "--port 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_empty_data_interval_says_to_pass_a_window(dialnexa_conn: Simulator, tmp_path: Path) -> None:
+    """A manual run of a schedule=None DAG on Airflow 3 has a zero-length interval: the message leads with the fix."""
+    op = DialNexaExportCallsOperator(task_id="export", destination=str(tmp_path / "calls.jsonl"))
+    now = datetime(2026, 12, 3, 11, 4, 32, tzinfo=UTC)
+    with pytest.raises(ValueError, match=r"Task 'export': the run's data interval is empty .* Pass window_start/"):
+        op.execute({"data_interval_start": now, "data_interval_end": now})  # type: ignore[typeddict-item]
+    assert dialnexa_conn.stats()["requests"] == 0

@@ -431,10 +431,12 @@ class DialNexaExportCallsOperator(BaseOperator):
             bounds.append(iso_utc(as_utc(value, name)))
         if bounds[0] == bounds[1] and self.window_start in (None, "") and self.window_end in (None, ""):
             raise ValueError(
-                f"the run's data interval is empty ({bounds[0]}). Airflow 3 gives cron "
-                "schedules zero-length intervals (CronTriggerTimetable); schedule the DAG with "
-                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), set "
-                "[scheduler] create_cron_data_intervals = True, or pass window_start/window_end"
+                f"the run's data interval is empty ({bounds[0]}), so there is no window to export. Airflow 3 "
+                "gives zero-length intervals to manual runs of a DAG with schedule=None and to cron schedules "
+                "(CronTriggerTimetable). Pass window_start/window_end (e.g. '2026-10-05T06:00:00Z' and "
+                "'2026-10-05T07:00:00Z', or templates), or schedule the DAG with "
+                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), or set "
+                "[scheduler] create_cron_data_intervals = True"
             )
         DialNexaHook.check_list_arguments(bounds[0], bounds[1], **self.filters)
         return bounds[0], bounds[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -131,7 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     call_ids = state.create_calls(args.calls) if args.calls else []
     if seeded:
         state.seed_calls(seeded[0], seeded[1].timestamp(), seeded[2].timestamp())
-    sock = bind_socket(args.host, args.port)
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:  # most often: another simulator already serves that port
+        reason = os.strerror(exc.errno or 0)
+        cli.exit(
+            1,
+            f"dialnexa-simulator: cannot listen on {args.host}:{args.port} ({reason}); stop what uses it, or pass "
+            "--port 0 (a free port; the export line it prints has the port) or another --port\n",
+        )
     url = url_of(sock)
     print(f"{URL_PREFIX}{url}", flush=True)
     calls = [f"{call_id} ({state.plan(call_id).outcome})" for call_id in call_ids[:MAX_IDS_SHOWN]]
