@@ -112,6 +112,33 @@ def test_the_docs_have_blocks_to_run() -> None:
     assert any(DEFINES_DAG.search(b.code) for b in runnable)
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lstrip("#").strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_relative_links_point_at_files_and_headings_that_exist() -> None:
+    broken = []
+    for path in DOCS:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md":
+                headings = {slug(line) for line in linked.read_text().splitlines() if line.startswith("#")}
+                if anchor not in headings:
+                    broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
 # -- shell blocks ------------------------------------------------------------------------------------------------
 
 
