@@ -6,7 +6,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow_provider_dialnexa._connection import ConnectionSettings
+from airflow_provider_dialnexa import status as call_status
+from airflow_provider_dialnexa._connection import ConnectionSettings, did_you_mean
+from airflow_provider_dialnexa._validation import arrives_at_run_time
 from airflow_provider_dialnexa.exceptions import DialNexaMalformedResponseError, describe
 
 
@@ -62,6 +64,14 @@ LIST_FILTERS: frozenset[str] = frozenset(
         "end_reason",
     }
 )
+#: Documented values of the enumerated List Calls filters, compared lower-cased. ``status`` takes every spelling
+#: ``status.py`` knows (hyphenated too). A typo would silently match no call, so it fails before any request.
+FILTER_VALUES: dict[str, frozenset[str]] = {
+    "status": call_status.RUNNING | call_status.TERMINAL,
+    "call_direction": frozenset({"inbound", "outbound"}),
+    "type": frozenset({"phone", "web"}),
+    "sentiment": frozenset({"positive", "neutral", "negative", "unknown"}),
+}
 #: Query parameters the window iteration owns; a filter of that name would change what it means.
 _OWNED_PARAMS = {
     "start_date": "give the window as start_date/end_date (window_start/window_end on the operator)",
@@ -101,6 +111,29 @@ def as_utc(value: datetime | str, name: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def epoch_seconds(value: object, name: str) -> float:
+    """A wall-clock point in time as epoch seconds: a number (``time.time() + 3600``), a datetime (naive = UTC)
+    or an ISO-8601 string. Anything else (a timedelta, a bool, ...) raises ``ValueError`` saying what to pass.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, datetime | str):
+        try:
+            return as_utc(value, name).timestamp()
+        except ValueError:
+            pass
+    raise ValueError(
+        f"{name} must be a point in time: epoch seconds (e.g. time.time() + 3600), a datetime "
+        f"(e.g. datetime.now(UTC) + timedelta(hours=1)) or an ISO-8601 string; got {type(value).__name__} "
+        f"{value!r:.60}"
+    )
+
+
 def iso_utc(value: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``, as DialNexa writes timestamps (sub-ms truncated)."""
     value = value.astimezone(UTC)
@@ -137,7 +170,10 @@ def filter_query(filters: Mapping[str, Any]) -> dict[str, str]:
         if name in _OWNED_PARAMS:
             raise ValueError(f"List Calls filter {name!r} cannot be set here: {_OWNED_PARAMS[name]}")
         if name not in LIST_FILTERS:
-            raise ValueError(f"unknown List Calls filter {name!r}; DialNexa documents {sorted(LIST_FILTERS)}")
+            raise ValueError(
+                f"unknown List Calls filter {name!r}{did_you_mean(str(name), LIST_FILTERS) or ';'} "
+                f"DialNexa documents {sorted(LIST_FILTERS)}"
+            )
         if value is None:
             continue
         parts = [_filter_value(name, item) for item in filter_items(value)]
@@ -145,6 +181,26 @@ def filter_query(filters: Mapping[str, Any]) -> dict[str, str]:
             raise ValueError(f"List Calls filter {name!r} is an empty list; leave it out to match everything")
         query[name] = ",".join(parts)
     return query
+
+
+def check_literal_filters(filters: Any) -> None:
+    """Check, when the DAG is parsed, what can be checked of an operator's ``filters``: every name, and every
+    value that is not a template or task output (those are checked by ``filter_query`` once rendered).
+    """
+    if arrives_at_run_time(filters):
+        return
+    if not isinstance(filters, Mapping):
+        raise ValueError(f"filters must be a dict of List Calls filters, got {type(filters).__name__}")
+    literal: dict[str, Any] = {}
+    for name, value in filters.items():
+        if arrives_at_run_time(value):
+            literal[name] = None  # the name is checked now, the value once rendered
+        elif isinstance(value, list | tuple | set | frozenset):
+            kept = [item for item in value if not arrives_at_run_time(item)]
+            literal[name] = kept if kept or not value else None
+        else:
+            literal[name] = value
+    filter_query(literal)
 
 
 def _filter_value(name: str, value: object) -> str:
@@ -155,10 +211,25 @@ def _filter_value(name: str, value: object) -> str:
     if isinstance(value, str | int | float):
         text = str(value).strip()
         if text and "," not in text:
+            _check_documented(name, text)
             return text
     raise ValueError(
         f"List Calls filter {name!r} has an unusable value {value!r:.60} (need a non-empty, comma-free value)"
     )
+
+
+def _check_documented(name: str, text: str) -> None:
+    """Reject a value an enumerated filter does not document (``status``: any known spelling)."""
+    allowed = FILTER_VALUES.get(name)
+    if allowed is None:
+        return
+    value = call_status.normalise(text) if name == "status" else text.lower()
+    if value not in allowed:
+        spellings = " (hyphenated spellings such as 'no-answer' and 'in-progress' work too)" if name == "status" else ""
+        raise ValueError(
+            f"List Calls filter {name!r} has an unknown value {text!r:.60}{did_you_mean(value, allowed) or ';'} "
+            f"DialNexa documents {sorted(allowed)}{spellings}"
+        )
 
 
 def created_time(record: Mapping[str, Any]) -> datetime | None:

@@ -204,6 +204,12 @@ def run_export_demo(sim: SimulatorControls, env: dict[str, str], demo: Path) -> 
     return expected
 
 
+def shown_path(path: str) -> str:
+    """A file path relative to the current directory when it lies below it (``.demo/exports/...``), else whole."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int]) -> None:
     """Print each export run's window, file and counts; raise ``DemoError`` unless every hour loaded once."""
     with sqlite3.connect(metadata_db) as db:
@@ -217,11 +223,11 @@ def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int])
     print(
         table(
             [
-                (x["window_start"], x["window_end"], x["calls"], loads.get(x["window_start"]), Path(x["path"]).name)
+                (x["window_start"], x["window_end"], x["calls"], loads.get(x["window_start"]), shown_path(x["path"]))
                 for x in exports
             ],
             ("window_start", "window_end (exclusive)", "calls", "rows loaded", "file"),
-            60,
+            100,
         )
     )
     with sqlite3.connect(export_db) as db:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowNotFoundException
 
 from airflow_provider_dialnexa.records import mask_numbers
 
@@ -59,6 +59,13 @@ class DialNexaConfigError(DialNexaError):
     """The Airflow connection cannot be used (no API key, unusable host, invalid extras)."""
 
     kind = "config"
+
+
+class DialNexaConnectionNotFoundError(DialNexaConfigError, AirflowNotFoundException):
+    """The connection id is not defined anywhere Airflow looks; the message says how to define it.
+
+    Also an ``AirflowNotFoundException``, which Airflow's own lookup raises, so existing handlers still match.
+    """
 
 
 class InvalidCallIdError(DialNexaError, ValueError):

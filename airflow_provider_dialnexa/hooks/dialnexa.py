@@ -20,7 +20,11 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_dialnexa import CONN_FIELDS, UI_FIELD_BEHAVIOUR
-from airflow_provider_dialnexa._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_dialnexa._connection import (
+    ConnectionSettings,
+    missing_connection_message,
+    settings_from_connection,
+)
 from airflow_provider_dialnexa._paging import (
     WindowPager,
     as_call_list,
@@ -43,6 +47,7 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaAuthError,
     DialNexaBadRequestError,
     DialNexaConfigError,
+    DialNexaConnectionNotFoundError,
     DialNexaError,
     DialNexaMalformedResponseError,
     DialNexaRateLimitError,
@@ -278,19 +283,22 @@ class DialNexaHook(BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         """The validated connection (sync lookup: never read this from a trigger's event loop)."""
-        conn = self.get_connection(self.dialnexa_conn_id)
+        try:
+            conn = self.get_connection(self.dialnexa_conn_id)
+        except AirflowNotFoundException:
+            raise self._not_found() from None
         return self._settings_from(conn, conn.extra_dejson)
+
+    def _not_found(self) -> DialNexaConnectionNotFoundError:
+        message = missing_connection_message(self.dialnexa_conn_id)
+        return DialNexaConnectionNotFoundError(message, conn_id=self.dialnexa_conn_id)
 
     async def _resolve_async(self) -> ConnectionSettings:
         """Read and validate the connection without blocking the loop; a missing one is a config error."""
         try:
             conn = await get_async_connection(self.dialnexa_conn_id, hook=self)
         except AirflowNotFoundException:
-            raise DialNexaConfigError(
-                f"DialNexa connection {self.dialnexa_conn_id!r} is not defined; create it (type 'dialnexa', the "
-                "API key in the password field) or set dialnexa_conn_id to an existing connection",
-                conn_id=self.dialnexa_conn_id,
-            ) from None
+            raise self._not_found() from None
         return self._settings_from(conn, await get_async_extra_dejson(conn))
 
     async def _loop_client(self) -> _LoopClient:

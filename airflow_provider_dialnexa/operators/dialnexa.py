@@ -14,17 +14,19 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.providers.common.compat.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._paging import as_utc, filter_items, filter_query, iso_utc
+from airflow_provider_dialnexa._mapping import CheckedPartial
+from airflow_provider_dialnexa._paging import as_utc, check_literal_filters, filter_items, iso_utc
 from airflow_provider_dialnexa._placement import CORRELATION_KEY
-from airflow_provider_dialnexa._validation import validate_phone_number
+from airflow_provider_dialnexa._storage import missing_filesystem_hint
+from airflow_provider_dialnexa._validation import arrives_at_run_time, validate_phone_number
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,
@@ -32,6 +34,7 @@ from airflow_provider_dialnexa._wait import (
     ended_status,
     failure_status_set,
     outcome,
+    polling_option,
 )
 from airflow_provider_dialnexa.exceptions import (
     DialNexaConfigError,
@@ -51,7 +54,7 @@ from airflow_provider_dialnexa.triggers.dialnexa import (
 )
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.common.compat.sdk import Context, XComArg
 
 
 class DialNexaGetCallOperator(BaseOperator):
@@ -112,7 +115,7 @@ class DialNexaGetCallOperator(BaseOperator):
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
         self.max_consecutive_failures = max_consecutive_failures
-        self.polling = polling
+        self.polling = polling_option(polling, self.task_id)  # a typo fails at parse time, waiting or not
         self.failure_statuses = failure_status_set(failure_statuses)
         self.include_fields, self.exclude_fields = field_options(self.task_id, include_fields, exclude_fields)
         self.mask_phone_numbers = mask_phone_numbers
@@ -176,10 +179,6 @@ def _whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
 class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     """Place one outbound call (``POST /v1/calls``) at most once per task instance; return its id and status.
 
@@ -218,8 +217,8 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     def __init__(
         self,
         *,
-        phone_number: str,
-        agent_id: str,
+        phone_number: str | XComArg,
+        agent_id: str | XComArg,
         metadata: dict[str, Any] | None = None,
         agent_version_number: int | str | None = None,
         notes: dict[str, Any] | None = None,
@@ -227,15 +226,23 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(call_id="", mask_phone_numbers=mask_phone_numbers, **kwargs)
-        if not _is_template(phone_number):
+        if not arrives_at_run_time(phone_number):
             validate_phone_number(phone_number)  # a literal typo fails the DAG at parse time
-        self.phone_number = phone_number
-        self.agent_id = agent_id
+        self.phone_number: Any = phone_number  # rendered (a str) before execute
+        self.agent_id: Any = agent_id
         self.metadata = metadata
         self.agent_version_number = agent_version_number
         self.notes = notes
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Airflow's ``partial``, whose ``expand``/``expand_kwargs`` check literal phone numbers at parse time."""
+        if "phone_number" in kwargs and not arrives_at_run_time(kwargs["phone_number"]):
+            validate_phone_number(kwargs["phone_number"])
+        return CheckedPartial(super().partial(**kwargs), {"phone_number": validate_phone_number})
+
     def execute(self, context: Context) -> dict[str, Any]:
+        validate_phone_number(self.phone_number)  # rendered from a template or task output: checked like a literal
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
         mine = self.metadata.get(CORRELATION_KEY) if isinstance(self.metadata, dict) else None
@@ -331,10 +338,10 @@ class DialNexaExportCallsOperator(BaseOperator):
     def __init__(
         self,
         *,
-        destination: str,
-        window_start: datetime | str | None = None,
-        window_end: datetime | str | None = None,
-        filters: dict[str, Any] | None = None,
+        destination: str | XComArg,
+        window_start: datetime | str | XComArg | None = None,
+        window_end: datetime | str | XComArg | None = None,
+        filters: dict[str, Any] | XComArg | None = None,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         wait_for_running: bool = True,
         timeout: timedelta | float = DEFAULT_CALL_TIMEOUT,
@@ -348,15 +355,16 @@ class DialNexaExportCallsOperator(BaseOperator):
         page_size: int = MAX_LIST_LIMIT,
         **kwargs: Any,
     ) -> None:
-        if isinstance(destination, str) and not _is_template(destination) and not kwargs.get("outlets"):
+        if isinstance(destination, str) and not arrives_at_run_time(destination) and not kwargs.get("outlets"):
             asset = _asset_for(destination)
             if asset is not None:
                 kwargs["outlets"] = [asset]
         super().__init__(**kwargs)
-        self.destination = destination
-        self.window_start = window_start
-        self.window_end = window_end
-        self.filters = dict(filters or {})
+        # Any: templates and task output are replaced by their rendered values before execute
+        self.destination: Any = destination
+        self.window_start: Any = window_start
+        self.window_end: Any = window_end
+        self.filters: Any = dict(filters) if isinstance(filters, Mapping) else ({} if filters is None else filters)
         self.dialnexa_conn_id = dialnexa_conn_id
         self.wait_for_running = wait_for_running
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
@@ -370,17 +378,18 @@ class DialNexaExportCallsOperator(BaseOperator):
         where = f"Task {self.task_id!r}"
         if on_timeout not in ON_TIMEOUT_CHOICES:
             raise ValueError(f"{where}: on_timeout must be one of {ON_TIMEOUT_CHOICES}, got {on_timeout!r}")
-        if not isinstance(destination, str) or not destination.strip():
-            raise ValueError(f"{where}: destination must be a file URL or path, got {destination!r}")
         if not 1 <= page_size <= MAX_LIST_LIMIT:
             raise ValueError(f"{where}: page_size must be between 1 and {MAX_LIST_LIMIT}, got {page_size}")
         if self.timeout <= 0:
             raise ValueError(f"{where}: timeout must be positive, got {self.timeout}")
         check_wait_options(self.poll_interval, self.max_poll_interval, None)
-        try:  # names at parse time; values may still be templates
-            filter_query(dict.fromkeys(self.filters))
-            if not _is_template(window_start) and not _is_template(window_end):
-                DialNexaHook.check_list_arguments(window_start, window_end)
+        # What is literal is checked now; templates and task output once rendered, before any request (_checked).
+        try:
+            if not arrives_at_run_time(destination):
+                self._check_destination(destination)
+            check_literal_filters(self.filters)
+            if not arrives_at_run_time(window_start) and not arrives_at_run_time(window_end):
+                DialNexaHook.check_list_arguments(cast("Any", window_start), cast("Any", window_end))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
@@ -389,6 +398,21 @@ class DialNexaExportCallsOperator(BaseOperator):
         return DialNexaHook(self.dialnexa_conn_id)
 
     # -- window, destination ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_destination(destination: object) -> None:
+        if not isinstance(destination, str) or not destination.strip():
+            raise ValueError(f"destination must be a file URL or path, got {destination!r:.80}")
+
+    def _checked(self, context: Context) -> tuple[str, str]:
+        """The rendered fields checked as literals are at parse time (same messages); the window as ISO strings."""
+        try:
+            self._check_destination(self.destination)
+            if not isinstance(self.filters, dict):
+                raise ValueError(f"filters must be a dict of List Calls filters, got {type(self.filters).__name__}")
+            return self._window(context)
+        except ValueError as exc:
+            raise ValueError(f"Task {self.task_id!r}: {exc}") from None
 
     def _window(self, context: Context) -> tuple[str, str]:
         """The window as ISO-8601 UTC strings, from the operator's (rendered) fields or the data interval."""
@@ -401,16 +425,18 @@ class DialNexaExportCallsOperator(BaseOperator):
             value = value if value not in (None, "") else context.get(default)
             if value in (None, "", "None"):
                 raise ValueError(
-                    f"Task {self.task_id!r}: no {name} (the run has no {default}); set {name} explicitly, "
+                    f"no {name} (the run has no {default}); set {name} explicitly, "
                     "e.g. for manual runs of a DAG without a schedule"
                 )
             bounds.append(iso_utc(as_utc(value, name)))
         if bounds[0] == bounds[1] and self.window_start in (None, "") and self.window_end in (None, ""):
             raise ValueError(
-                f"Task {self.task_id!r}: the run's data interval is empty ({bounds[0]}). Airflow 3 gives cron "
-                "schedules zero-length intervals (CronTriggerTimetable); schedule the DAG with "
-                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), set "
-                "[scheduler] create_cron_data_intervals = True, or pass window_start/window_end"
+                f"the run's data interval is empty ({bounds[0]}), so there is no window to export. Airflow 3 "
+                "gives zero-length intervals to manual runs of a DAG with schedule=None and to cron schedules "
+                "(CronTriggerTimetable). Pass window_start/window_end (e.g. '2026-10-05T06:00:00Z' and "
+                "'2026-10-05T07:00:00Z', or templates), or schedule the DAG with "
+                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), or set "
+                "[scheduler] create_cron_data_intervals = True"
             )
         DialNexaHook.check_list_arguments(bounds[0], bounds[1], **self.filters)
         return bounds[0], bounds[1]
@@ -428,7 +454,7 @@ class DialNexaExportCallsOperator(BaseOperator):
     # -- execution ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        start, end = self._window(context)
+        start, end = self._checked(context)
         if self.wait_for_running and self._running_statuses() != []:
             result = self._export(start, end, stop_at_running=True)
             if result is None:
@@ -439,7 +465,7 @@ class DialNexaExportCallsOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the window trigger: export, wait again, or handle the timeout."""
         checked = validate_window_event(event)
-        start, end = self._window(context)
+        start, end = self._checked(context)
         if (checked["window_start"], checked["window_end"]) != (start, end):
             raise DialNexaError(
                 f"Task {self.task_id!r}: the trigger waited for [{checked['window_start']}, {checked['window_end']}) "
@@ -484,16 +510,17 @@ class DialNexaExportCallsOperator(BaseOperator):
         With ``stop_at_running`` the first running call ends the listing (the task will wait). With
         ``timed_out`` running calls are handled per ``on_timeout``.
         """
-        path = self._path()
-        temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
         try:
+            path = self._path()
+            temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
             if path.protocol in ("", "file", "local"):
                 path.parent.mkdir(parents=True, exist_ok=True)
             raw = temp.open("wb")
         except Exception as exc:  # before any request: nothing listed yet
+            fix = missing_filesystem_hint(str(self.destination), exc) or "check the path and the storage permissions"
             raise DialNexaConfigError(
-                f"Task {self.task_id!r}: cannot write next to destination {str(path)!r} "
-                f"({type(exc).__name__}: {exc}); check the path and the storage permissions"
+                f"Task {self.task_id!r}: cannot write next to destination {str(self.destination)!r} "
+                f"({type(exc).__name__}: {exc}); {fix}"
             ) from exc
         raw_counts: dict[Any, int] = {}  # by status as sent; normalised once per distinct value at the end
         ended: dict[Any, bool] = {}

@@ -23,6 +23,7 @@ from airflow_provider_dialnexa._wait import (
     ended_status,
     failure_status_set,
     outcome,
+    polling_option,
 )
 from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, DialNexaWaitTimeoutError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
@@ -93,7 +94,7 @@ class DialNexaCallSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.max_poll_interval = max(max_poll_interval, self.poke_interval)
         self.max_consecutive_failures = max_consecutive_failures
-        self.polling = polling
+        self.polling = polling_option(polling, self.task_id)  # a typo fails at parse time in every mode
         if deferrable:  # fail at parse time, not in the triggerer
             check_wait_options(self.poke_interval, self.max_poll_interval, polling)
 

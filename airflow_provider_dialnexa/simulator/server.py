@@ -282,7 +282,7 @@ class SimulatorProcess(SimulatorControls):
             sys.executable,
             "-m",
             "airflow_provider_dialnexa.simulator",
-            *("--host", host, "--port", str(port), "--api-key", api_key, "--seed", str(seed)),
+            *("--host", host, "--port", str(port), "--api-key", api_key, "--rng-seed", str(seed)),
             *("--calls", str(calls), "--log-level", log_level),
         ]
         self._proc: subprocess.Popen[str] | None = None

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing
+from datetime import datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._connection import POLLING_MODES
+from airflow_provider_dialnexa._connection import polling_mode
+from airflow_provider_dialnexa._paging import as_utc, epoch_seconds, iso_utc
 from airflow_provider_dialnexa._poller import shared_poller
 from airflow_provider_dialnexa.exceptions import (
     DialNexaBadRequestError,
@@ -80,8 +82,9 @@ class DialNexaCallTrigger(BaseTrigger):
     :param call_id: The DialNexa call id.
     :param dialnexa_conn_id: Airflow connection id.
     :param poll_interval: First interval between polls, seconds (>= 1; DialNexa suggests 5-10).
-    :param end_time: Wall-clock deadline, epoch seconds (``time.time()``: worker and triggerer are
-        different processes, so never a monotonic reading). None waits forever.
+    :param end_time: Wall-clock deadline: epoch seconds (``time.time() + ...``: worker and triggerer are
+        different processes, so never a monotonic reading), a datetime (naive = UTC) or an ISO-8601 string;
+        stored and serialized as epoch seconds. None waits forever.
     :param max_poll_interval: Cap of the growing interval.
     :param poll_growth: Factor the interval grows by after each poll of a running call.
     :param poll_jitter: Fraction by which an interval may be shortened, so thousands of waits do not poll
@@ -99,7 +102,7 @@ class DialNexaCallTrigger(BaseTrigger):
         call_id: str,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        end_time: float | None = None,
+        end_time: float | datetime | str | None = None,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         poll_growth: float = 1.5,
         poll_jitter: float = 0.1,
@@ -111,15 +114,13 @@ class DialNexaCallTrigger(BaseTrigger):
         self.call_id = call_id
         self.dialnexa_conn_id = dialnexa_conn_id
         self.poll_interval = float(poll_interval)
-        self.end_time = None if end_time is None else float(end_time)
+        self.end_time = None if end_time is None else epoch_seconds(end_time, "end_time")
         self.max_poll_interval = float(max(max_poll_interval, poll_interval))
         self.poll_growth = float(poll_growth)
         self.poll_jitter = float(poll_jitter)
         self.first_poll_delay = None if first_poll_delay is None else float(first_poll_delay)
         self.max_consecutive_failures = int(max_consecutive_failures)
-        if polling is not None and polling not in POLLING_MODES:
-            raise ValueError(f"polling must be one of {POLLING_MODES} or None, got {polling!r}")
-        self.polling = polling
+        self.polling = None if polling is None else polling_mode(polling, or_none=True)
         # Validate now, in the worker, so a bad policy fails the task instead of the trigger.
         self._policy = PollPolicy(self.poll_interval, self.max_poll_interval, self.poll_growth, self.poll_jitter)
 
@@ -264,34 +265,39 @@ class DialNexaWindowTrigger(BaseTrigger):
     "message"}``. Each also carries ``window_start``, ``window_end``, ``end_time`` and ``mode``, so the task can
     resume or defer again under ``dag.test()`` too. Arguments are primitives; the trigger only reads.
 
-    :param window_start: ISO-8601 start of the window (inclusive).
-    :param window_end: ISO-8601 end of the window (exclusive).
+    :param window_start: Start of the window (inclusive): ISO-8601 string, or a datetime (naive = UTC), which is
+        stored as an ISO-8601 string.
+    :param window_end: End of the window (exclusive), likewise.
     :param filters: List Calls filters of the export (primitives or lists of them), without ``status``.
     :param running_statuses: Status values to ask for (default ``RUNNING_STATUS_FILTER``).
-    :param end_time: Wall-clock deadline, epoch seconds (``time.time()``); None waits forever.
+    :param end_time: Wall-clock deadline: epoch seconds (``time.time() + ...``), a datetime (naive = UTC) or an
+        ISO-8601 string; serialized as epoch seconds. None waits forever.
     """
 
     def __init__(
         self,
-        window_start: str,
-        window_end: str,
+        window_start: str | datetime,
+        window_end: str | datetime,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         filters: dict[str, Any] | None = None,
         running_statuses: list[str] | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        end_time: float | None = None,
+        end_time: float | datetime | str | None = None,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         mode: str = "status",
     ) -> None:
         super().__init__()
-        self.window_start = window_start
-        self.window_end = window_end
+        # Primitives only (serialize()): a datetime becomes the ISO-8601 form the export operator sends too.
+        self.window_start = (
+            iso_utc(as_utc(window_start, "window_start")) if isinstance(window_start, datetime) else window_start
+        )
+        self.window_end = iso_utc(as_utc(window_end, "window_end")) if isinstance(window_end, datetime) else window_end
         self.dialnexa_conn_id = dialnexa_conn_id
         self.filters = dict(filters or {})
         self.running_statuses = list(running_statuses or RUNNING_STATUS_FILTER)
         self.poll_interval = float(poll_interval)
-        self.end_time = None if end_time is None else float(end_time)
+        self.end_time = None if end_time is None else epoch_seconds(end_time, "end_time")
         self.max_poll_interval = float(max(max_poll_interval, poll_interval))
         self.max_consecutive_failures = int(max_consecutive_failures)
         if mode not in WINDOW_MODES:
@@ -454,6 +460,10 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         else:
             leaves.append(error)
     return next((e for e in leaves if isinstance(e, DialNexaError)), leaves[0])
+
+
+def _iso(value: str | datetime) -> str:
+    return iso_utc(as_utc(value, "window bound")) if isinstance(value, datetime) else value
 
 
 def validate_window_event(event: Any) -> dict[str, Any]:
