@@ -8,14 +8,15 @@ hook's requests (``CallsApi``); ``DialNexaHook.create_call`` is its public face.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_dialnexa._connection import ConnectionSettings
-from airflow_provider_dialnexa._paging import as_call_list
+from airflow_provider_dialnexa._paging import WindowPager, iso_utc
 from airflow_provider_dialnexa.exceptions import (
     DialNexaBadRequestError,
     DialNexaError,
@@ -100,22 +101,27 @@ MAX_CORRELATION_LENGTH = 200
 #: How much further back than necessary a search for a placed call reaches: a day, so it still covers the
 #: call if DialNexa reads ``start_date`` in another time zone (undocumented) or the clocks disagree.
 LOOKUP_MARGIN = 24 * 60 * 60
-#: Page size of those searches: the smaller documented List Calls maximum, so a short page means the end.
+#: Page size asked by those searches (the smaller documented List Calls maximum; the pager follows whatever
+#: size the server actually serves).
 LOOKUP_PAGE_SIZE = 100
 #: Where a call record holds the number called, in every documented spelling (never the caller's number).
 _RECIPIENT_FIELDS = ("to_number", "to_phone_number", "phone_number")
-#: Most pages one search reads before it gives up proving anything.
+#: Most pages one search reads before it gives up proving anything (100 pages of 100: 10,000 calls).
 MAX_LOOKUP_PAGES = 100
 
 
 @dataclass(frozen=True)
 class Placement:
-    """What identifies one call being placed, for the search after an ambiguous failure."""
+    """What identifies one call being placed, for the searches before and after a POST.
+
+    ``since``: no call carrying the correlation value can have been created before this (epoch seconds,
+    margin included); None for a value the caller chose with no bound given: the agent's whole history.
+    """
 
     phone_number: str
     agent_id: str
     correlation_id: str
-    since: float
+    since: float | None
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,10 @@ class CallsApi:
     get_call: Callable[[str], dict[str, Any]]
 
 
+class _Unproven(Exception):
+    """A search that ran but cannot prove there is no call (its message says why)."""
+
+
 def hide_number(exc: DialNexaError, phone_number: str) -> DialNexaError:
     """Mask the phone number wherever DialNexa's message echoed it (in place; returns ``exc``)."""
     masked = str(mask_phone_number(phone_number))
@@ -144,12 +154,17 @@ def hide_number(exc: DialNexaError, phone_number: str) -> DialNexaError:
 def place_call(
     api: CallsApi, body: dict[str, Any], target: Placement, subject: str, *, search_first: bool
 ) -> dict[str, Any]:
-    """POST ``body``; after a POST that may have reached DialNexa, search before sending it again."""
+    """POST ``body`` at most once per correlation value: search first if told, and after a POST that may have
+    reached DialNexa search before sending it again."""
     settings, policy, phone = api.settings, api.policy, target.phone_number
     if search_first:
+        started = time.time()
         found = reconcile(api, target, subject, cause=None)
         if found is not None:
             return found
+        # Proven: no call carried the value when the search started. Later searches need not reach further
+        # back than that (with the same margin): a call placed from now on is newer.
+        target = replace(target, since=max(target.since or -math.inf, started - LOOKUP_MARGIN))
     failure: DialNexaError | None = None
     uncertain = False
     for attempt in range(1, policy.attempts + 1):
@@ -183,14 +198,19 @@ def place_call(
 
 
 def reconcile(api: CallsApi, target: Placement, subject: str, cause: DialNexaError | None) -> dict[str, Any] | None:
-    """The call this placement already created, None if List Calls proves there is none; else raise."""
+    """The call this placement already created, None if List Calls proves there is none; else raise
+    ``DialNexaUnconfirmedCallError`` (the call may exist and nothing here could tell)."""
     settings = api.settings
+    why = f"the request may have reached DialNexa ({cause})" if cause else "an earlier try may have placed it"
     try:
         found = find_placed_call(api, target)
-    except DialNexaUnconfirmedCallError:
-        raise
+    except _Unproven as exc:
+        raise DialNexaUnconfirmedCallError(
+            f"{describe(subject, settings.conn_id)}: {why}, and the search for it proves nothing: {exc} "
+            f"{DialNexaUnconfirmedCallError.hint}",
+            conn_id=settings.conn_id,
+        ) from None
     except DialNexaError as exc:
-        why = f"the request may have reached DialNexa ({cause})" if cause else "an earlier try may have placed it"
         raise DialNexaUnconfirmedCallError(
             f"{describe(subject, settings.conn_id)}: {why}, and looking for the call failed: {exc}. "
             f"{DialNexaUnconfirmedCallError.hint}",
@@ -207,45 +227,55 @@ def reconcile(api: CallsApi, target: Placement, subject: str, cause: DialNexaErr
 
 
 def find_placed_call(api: CallsApi, target: Placement) -> dict[str, Any] | None:
-    """Search List Calls for the placement's correlation value; None only when the search saw every call.
+    """Search List Calls for the placement's correlation value: the record, or None when the search read every
+    call of the agent since ``target.since`` and each had a usable id. Anything less raises ``_Unproven``.
 
-    The search reads the agent's calls since ``start_date`` (or all the agent's calls if a deployment
-    refuses ``start_date``) and matches records on the correlation value, never on the filters. It
-    does not filter on ``to``: the OpenAPI file reads it as the recipient, other docs as a
-    ``created_at`` bound, and the number would sit in URLs and client debug logs.
+    The search reads the agent's calls newest first (the export's ``WindowPager``: the page as sent decides
+    paging, at whatever page size the server serves) since ``start_date`` (all the agent's calls if a
+    deployment refuses ``start_date``, or for a value with no bound) and matches records on the correlation
+    value, wherever they were created. It does not filter on ``to``: the OpenAPI file reads it as the
+    recipient, other docs as a ``created_at`` bound, and the number would sit in URLs and client debug logs.
     """
-    start = datetime.fromtimestamp(target.since, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    for filters in ({"agent_id": target.agent_id, "start_date": start}, {"agent_id": target.agent_id}):
+    agent = target.agent_id
+    searches = [{"agent_id": agent}]
+    if target.since is not None:
+        searches.insert(0, {"agent_id": agent, "start_date": iso_utc(datetime.fromtimestamp(target.since, UTC))})
+    for filters in searches:
         try:
-            found, complete = _scan_calls(api, target, filters)
-        except DialNexaBadRequestError:  # this deployment refuses start_date: search wider
-            continue
-        if found is not None or complete:
+            found, pager = _scan_calls(api, target, filters)
+        except DialNexaBadRequestError:
+            if "start_date" in filters:
+                continue  # this deployment refuses start_date: search wider
+            raise
+        if found is not None:
             return found
-    settings = api.settings
-    raise DialNexaUnconfirmedCallError(
-        f"{describe(f'List Calls for correlation {target.correlation_id!r}', settings.conn_id)}: could not "
-        f"read every call of agent {target.agent_id!r} since {start} (more than {MAX_LOOKUP_PAGES} pages, "
-        f"or every search refused). {DialNexaUnconfirmedCallError.hint}",
-        conn_id=settings.conn_id,
-    )
+        span = f"since {filters['start_date']}" if "start_date" in filters else "in its whole history"
+        read = len(pager.seen) + pager.unreadable
+        if pager.unreadable:
+            raise _Unproven(
+                f"{pager.unreadable} of the {read} calls of agent {agent!r} listed {span} had no usable id, so any "
+                "of them could be the call."
+            )
+        if not pager.done:
+            raise _Unproven(
+                f"read {MAX_LOOKUP_PAGES} pages ({read} calls) of agent {agent!r}'s calls {span} without reaching "
+                "the last. Bound the search with placed_after (DialNexaHook.create_call and "
+                "DialNexaCreateCallOperator): no call carrying this correlation value can be older than it."
+            )
+        return None
+    raise AssertionError("unreachable")  # pragma: no cover - the last search never continues
 
 
-def _scan_calls(api: CallsApi, target: Placement, filters: dict[str, str]) -> tuple[dict[str, Any] | None, bool]:
-    """Page through one search: ``(the matching record or None, whether the last page was reached)``."""
-    settings = api.settings
+def _scan_calls(api: CallsApi, target: Placement, filters: dict[str, str]) -> tuple[dict[str, Any] | None, WindowPager]:
+    """Page through one search: the matching record (or None) and the pager (``done``, ``unreadable``)."""
+    pager = WindowPager(None, None, filters, LOOKUP_PAGE_SIZE, api.settings, newest_first=True, skip_unreadable=True)
     subject = f"List Calls for correlation {target.correlation_id!r}"
-    for page in range(1, MAX_LOOKUP_PAGES + 1):
-        params = {**filters, "limit": str(LOOKUP_PAGE_SIZE), "page": str(page)}
-        data = api.list_calls(params, subject)
-        records, server_limit = as_call_list(data, settings=settings)
-        for record in records:
+    while not pager.done and pager.page <= MAX_LOOKUP_PAGES:
+        for record in pager.take(api.list_calls(pager.params(), subject)):
             found = _match(api, record, target)
             if found is not None:
-                return found, True
-        if len(records) < min(LOOKUP_PAGE_SIZE, server_limit or LOOKUP_PAGE_SIZE):
-            return None, True
-    return None, False
+                return found, pager
+    return None, pager
 
 
 def _match(api: CallsApi, record: dict[str, Any], target: Placement) -> dict[str, Any] | None:

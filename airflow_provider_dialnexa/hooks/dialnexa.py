@@ -469,21 +469,30 @@ class DialNexaHook(BaseHook):
         agent_version_number: int | None = None,
         notes: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
-        adopt_existing: bool = False,
+        adopt_existing: bool | None = None,
         placed_after: datetime | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/calls``: place one outbound call, at most once per correlation value.
 
         DialNexa has no idempotency header. The correlation value (``metadata[CORRELATION_KEY]`` if given,
-        else ``correlation_id``, else a random one) goes into the call's ``metadata``. A POST that may have
+        else ``correlation_id``, else a random one) goes into the call's ``metadata``. A value the caller
+        chose is looked up in List Calls before the first POST, and a call carrying it is returned instead
+        of placing another: one call per value, across hook calls and DAG runs. A POST that may have
         reached DialNexa (timeout, dropped connection, 5xx, a 2xx without an id) is never sent again
-        blindly: List Calls is searched for the correlation value first, and the call found there is
-        returned; only a search that proves there is none lets the POST go again. A 429 placed nothing and
-        is retried after ``Retry-After``. 400/401/402/403/404/409/422 raise at once with DialNexa's message.
+        blindly: List Calls is searched for the value first, and the call found there is returned; only a
+        search that proves there is none lets the POST go again. A search that cannot prove it (List Calls
+        failing, an item without an id, more than ``MAX_LOOKUP_PAGES`` pages) raises
+        ``DialNexaUnconfirmedCallError`` and places nothing. A 429 placed nothing and is retried after
+        ``Retry-After``. 400/401/402/403/404/409/422 raise at once with DialNexa's message.
 
-        :param adopt_existing: Search first, before any POST (a retried task that may have placed the call).
-        :param placed_after: No earlier attempt can have placed the call before this (e.g. the DAG run's
-            start); searches reach back to it minus a day (default: now minus a day).
+        :param adopt_existing: Search before the first POST. None (default): when the caller chose the
+            correlation value (``metadata`` key or ``correlation_id``), not for a random one. False: the
+            caller knows no call can carry the value yet (the operator's first try of its per-task-instance
+            value). True: always (a retried task that may have placed the call).
+        :param placed_after: No call carrying the value can have been placed before this (naive = UTC; e.g.
+            the DAG run's start, or the start of the day for one call per lead per day); searches reach back
+            to it minus a day (``LOOKUP_MARGIN``). Default: for a value the caller chose, the agent's whole
+            history; for a random value, now minus a day.
         :returns: The created call as DialNexa answered (``id``, ``to_phone_number``, ...), or the record of
             the call found by the search.
         :raises InvalidPhoneNumberError: before any request, for a number that is not E.164.
@@ -491,15 +500,21 @@ class DialNexaHook(BaseHook):
         """
         phone = validate_phone_number(phone_number)
         agent = validate_agent_id(agent_id)
-        correlation = (metadata or {}).get(CORRELATION_KEY) if isinstance(metadata, Mapping) else None
-        correlation = correlation or correlation_id or f"hook-{uuid.uuid4().hex}"
+        chosen = (metadata or {}).get(CORRELATION_KEY) if isinstance(metadata, Mapping) else None
+        chosen = chosen or correlation_id
+        correlation = chosen or f"hook-{uuid.uuid4().hex}"
         if not isinstance(correlation, str) or not 0 < len(correlation) <= MAX_CORRELATION_LENGTH:
             raise ValueError(f"the correlation value must be a string of 1 to {MAX_CORRELATION_LENGTH} characters")
         body = create_call_body(phone, agent, metadata, correlation, agent_version_number, notes)
-        since = (placed_after.timestamp() if placed_after is not None else time.time()) - LOOKUP_MARGIN
+        since: float | None
+        if placed_after is not None:
+            since = as_utc(placed_after, "placed_after").timestamp() - LOOKUP_MARGIN
+        else:  # a chosen value may have been used at any time before: nothing bounds the search but its start
+            since = None if chosen else time.time() - LOOKUP_MARGIN
+        search_first = bool(chosen) if adopt_existing is None else adopt_existing
         target = Placement(phone, agent, correlation, since=since)
         subject = f"Create Call to {mask_phone_number(phone)} (correlation {correlation!r})"
-        return place_call(self._calls_api(), body, target, subject, search_first=adopt_existing)
+        return place_call(self._calls_api(), body, target, subject, search_first=search_first)
 
     def _calls_api(self) -> CallsApi:
         """This hook's requests, as placing a call uses them."""
