@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -184,12 +184,14 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
 
     The call's ``metadata`` carries the task instance's correlation value under
     ``airflow_correlation_id`` (a hash of DAG id, run id, task id and map index, so it is the same for
-    every try of the task; set the key in ``metadata`` yourself to choose another). The hook never
-    re-sends a POST that may have reached DialNexa without first finding out, through List Calls, that no
-    call carries the value; and a retried task (try 2 and later) first looks for the call an earlier try
-    placed and adopts it. Returns ``{"call_id": ..., "status": ...}`` (status as DialNexa answered, if it
-    did), or with ``wait_for_completion=True`` defers like ``DialNexaGetCallOperator`` and returns the
-    finished record shaped by ``include_fields``/``exclude_fields``/``mask_phone_numbers``.
+    every try of the task; set the key in ``metadata`` yourself to choose another scope, e.g. one call per
+    lead per day across runs). The hook never re-sends a POST that may have reached DialNexa without first
+    finding out, through List Calls, that no call carries the value. A retried task (try 2 and later) first
+    looks for the call an earlier try placed and adopts it; a value you chose is looked up before every
+    first POST (any run, any try), so one call carries it. Returns ``{"call_id": ..., "status": ...}``
+    (status as DialNexa answered, if it did), or with ``wait_for_completion=True`` defers like
+    ``DialNexaGetCallOperator`` and returns the finished record shaped by
+    ``include_fields``/``exclude_fields``/``mask_phone_numbers``.
 
     :param phone_number: Number to call, E.164 (``+919876543210``; templated). Checked at parse time when
         literal, else before any request.
@@ -197,6 +199,10 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     :param metadata: JSON object stored on the call and available to the agent (templated).
     :param agent_version_number: Published agent version (templated; default: the latest published).
     :param notes: JSON object stored on the call log, at most 15 top-level keys (templated).
+    :param placed_after: No call carrying the correlation value can have been placed before this (datetime
+        or ISO-8601, templated, e.g. ``"{{ data_interval_start }}"``); the search before placing reaches
+        back to it minus a day. Default: the DAG run's start for the generated value; the agent's whole
+        history for a value you set (at most 100 List Calls pages, else ``DialNexaUnconfirmedCallError``).
     :param mask_phone_numbers: Mask phone numbers of the returned record (default True here).
 
     Every other argument is ``DialNexaGetCallOperator``'s (waiting, field shaping, ``failure_statuses``).
@@ -210,6 +216,7 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         "agent_version_number",
         "notes",
         "dialnexa_conn_id",
+        "placed_after",
     )
     template_fields_renderers = {"metadata": "json", "notes": "json"}
     ui_color = "#dcfce7"
@@ -223,11 +230,18 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         agent_version_number: int | str | None = None,
         notes: dict[str, Any] | None = None,
         mask_phone_numbers: bool = True,
+        placed_after: datetime | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(call_id="", mask_phone_numbers=mask_phone_numbers, **kwargs)
         if not arrives_at_run_time(phone_number):
             validate_phone_number(phone_number)  # a literal typo fails the DAG at parse time
+        if isinstance(placed_after, datetime | str) and not arrives_at_run_time(placed_after):
+            try:
+                as_utc(placed_after, "placed_after")
+            except ValueError as exc:
+                raise ValueError(f"Task {self.task_id!r}: {exc}") from None
+        self.placed_after: Any = placed_after  # a datetime, or rendered (a str) / task output before execute
         self.phone_number: Any = phone_number  # rendered (a str) before execute
         self.agent_id: Any = agent_id
         self.metadata = metadata
@@ -248,6 +262,10 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         mine = self.metadata.get(CORRELATION_KEY) if isinstance(self.metadata, dict) else None
         correlation = mine or correlation_id_for(ti.dag_id, ti.run_id, ti.task_id, map_index)
         retried = (ti.try_number or 1) > 1
+        bound = self.placed_after  # "" or "None": a template whose value was missing
+        placed_after = as_utc(bound, "placed_after") if bound is not None and bound not in ("", "None") else None
+        if placed_after is None and not mine:  # the generated value exists since this DAG run, not before
+            placed_after = _run_start(context) or datetime.now(UTC)
         created = self.hook.create_call(
             self.phone_number,
             self.agent_id,
@@ -255,8 +273,8 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
             agent_version_number=_whole_number(self.agent_version_number),
             notes=self.notes,
             correlation_id=correlation,
-            adopt_existing=retried,
-            placed_after=_run_start(context),
+            adopt_existing=bool(mine) or retried,  # a value you chose may be on a call of another run
+            placed_after=placed_after,
         )
         self.call_id = str(created["id"])
         raw = created.get("status")

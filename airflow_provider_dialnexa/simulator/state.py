@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
+from airflow_provider_dialnexa.simulator import quirks
 from airflow_provider_dialnexa.simulator.ratelimit import KeyLimiter, RateState, ResetStyle, WindowKind
 from airflow_provider_dialnexa.status import TERMINAL, normalise
 
@@ -321,6 +322,14 @@ class SimConfig:
     list_cap: int = 0
     #: Calls created (now) at the start of every List Calls request: a population growing while a client pages.
     grow_per_list: int = 0
+    #: Page size when ``limit`` is absent (or ignored through ``list_ignores``): DialNexa documents 20.
+    list_default_limit: int = 20
+    #: List every N-th row twice in a row (0 = never): the same id can sit twice on one page (see ``quirks``).
+    list_repeat_every: int = 0
+    #: List every N-th row without its ``id`` (0 = never), counted across pages.
+    list_missing_id_every: int = 0
+    #: ``createdAt`` spelling: ``z`` (``...02.118Z``, DialNexa's) or ``offset`` (``...02.118+00:00``).
+    created_style: quirks.CreatedStyle = "z"
     #: Key-wide limit across all clients (requests per ``key_window_s``; 0 = none): 429 + Retry-After beyond it.
     key_limit: int = 0
     key_window_s: float = 60.0
@@ -341,6 +350,10 @@ class SimConfig:
             raise ValueError("spelling must be 'camel' or 'snake'")
         if self.latency_s < 0 or self.ratelimit_limit < 1 or not self.api_key:
             raise ValueError("latency_s must be >= 0, ratelimit_limit >= 1 and api_key non-empty")
+        if min(self.list_repeat_every, self.list_missing_id_every) < 0 or self.list_default_limit < 1:
+            raise ValueError("list_repeat_every/list_missing_id_every must be >= 0 and list_default_limit >= 1")
+        if self.created_style not in quirks.CREATED_STYLES:
+            raise ValueError(f"created_style must be one of {quirks.CREATED_STYLES}")
         if self.key_limit < 0 or self.reset_style not in ("epoch", "seconds"):
             raise ValueError("key_limit must be >= 0 and reset_style 'epoch' or 'seconds'")
         if self.key_limit:
@@ -710,7 +723,7 @@ class SimState:
         envelope = cfg.list_style == "envelope"
         errors: list[str] = []
         page = _int_param(query, "page", 1, errors)
-        limit = _int_param(query, "limit", 20, errors)
+        limit = _int_param(query, "limit", cfg.list_default_limit, errors)
         if page < 1:
             errors.append("page must not be less than 1")
         if limit < 1:
@@ -738,29 +751,43 @@ class SimState:
                 if not wanted and not (window.agent_ids or window.batch_ids or window.directions):
                     # Nothing to test per call: slice the index (a page costs O(limit), not O(offset)).
                     start = (page - 1) * limit
-                    data = [
-                        self._record(self._calls[order[i][2]], now, False) for i in positions[start : start + limit]
-                    ]
+                    taken: Sequence[int] = (
+                        positions[start : start + limit]
+                        if not cfg.list_repeat_every
+                        else list(
+                            itertools.islice(quirks.repeated(positions, cfg.list_repeat_every), start, start + limit)
+                        )
+                    )
+                    data = [self._record(self._calls[order[i][2]], now, False) for i in taken]
+                    quirks.drop_ids(data, start, cfg.list_missing_id_every)
                     if not envelope:
                         return data
-                    total = len(positions)
+                    total = len(positions) + (len(positions) // cfg.list_repeat_every if cfg.list_repeat_every else 0)
                     meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
                     return {"data": data, "meta": meta}
                 calls = (self._calls[order[i][2]] for i in positions)
-            matches = (
-                c
-                for c in calls
-                if not c.plan.foreign
-                and (not wanted or normalise(self._status(c, now, advance=False)[0]) in wanted)
-                and _listed(c, window)
+            matches = quirks.repeated(
+                (
+                    c
+                    for c in calls
+                    if not c.plan.foreign
+                    and (not wanted or normalise(self._status(c, now, advance=False)[0]) in wanted)
+                    and _listed(c, window)
+                ),
+                0 if ids else cfg.list_repeat_every,
             )
             if cfg.list_cap and not envelope:
                 limit = min(limit, cfg.list_cap)
             start = (page - 1) * limit
+            missing_every = 0 if ids else cfg.list_missing_id_every
             if not envelope:
-                return [self._record(c, now, advance=False) for c in itertools.islice(matches, start, start + limit)]
+                page_rows = [
+                    self._record(c, now, advance=False) for c in itertools.islice(matches, start, start + limit)
+                ]
+                return quirks.drop_ids(page_rows, start, missing_every)
             everything = list(matches)
             rows = [self._record(c, now, advance=False) for c in everything[start : start + limit]]
+            quirks.drop_ids(rows, start, missing_every)
         total = len(everything)
         meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
         return {"data": rows, "meta": meta}
@@ -911,7 +938,7 @@ class SimState:
             "type": "phone",
             "call_direction": call.direction,
             "status": raw,
-            "createdAt" if camel else "created_at": call.created_iso,
+            "createdAt" if camel else "created_at": quirks.created_text(call.created_iso, self.config.created_style),
             "ended_at": iso8601(ended_at) if ended_at is not None else None,
             "duration" if camel else "duration_seconds": duration,
             "end_reason": end_reason,
