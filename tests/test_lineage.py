@@ -116,6 +116,24 @@ def test_a_dag_run_resolves_the_alias_to_the_file_with_the_summary_as_extra(
     assert (event.dag_id, event.task_id) == ("dialnexa_export_window", "export")
 
 
+def test_each_map_index_resolves_the_one_alias_to_its_own_file(
+    sim: Simulator, airflow_db: Path, tmp_path: Path
+) -> None:
+    seed(sim, 40, inbound_share=0.25)
+    bag = dag_bag(str(airflow_db))
+    run = bag.dags["dialnexa_export_mapped"].test(run_conf={**WINDOW, "folder": str(tmp_path)})
+    assert str(run.state) == "success"
+    summaries = return_values(run.run_id, "dialnexa_export_mapped")["export"]
+    counts = [summaries[i]["calls"] for i in (0, 1)]  # inbound, outbound
+    assert sum(counts) == 40
+    assert min(counts) > 0
+    events = sorted((e for e in recorded_events() if e.run_id == run.run_id), key=lambda e: e.map_index or 0)
+    assert [(e.map_index, e.uri, e.aliases) for e in events] == [
+        (i, f"file://{tmp_path}/calls_{i}.jsonl", ("dialnexa-export/dialnexa_export_mapped/export",)) for i in (0, 1)
+    ]
+    assert [e.extra for e in events] == [summaries[0], summaries[1]]
+
+
 def test_the_fixed_destinations_own_event_carries_the_summary(sim: Simulator, tmp_path: Path) -> None:
     seed(sim, 12)
     target = tmp_path / "latest.jsonl"
