@@ -5,20 +5,25 @@ builds a fresh ``.demo/airflow_home`` (SQLite, the repo's ``dags/``, the connect
 ``airflow db migrate`` and ``airflow dags test dialnexa_call_outcomes`` with those call ids, then prints
 what reached XCom and the rows loaded into SQLite. Then it seeds three past hours of calls (the first of each
 hour exactly on the hour edge) and runs ``dialnexa_call_export`` once per hour, printing each interval's
-count and checking every call was loaded exactly once. The simulator is stopped whatever happens; the exit
-code is non-zero when anything failed. Airflow's own output goes to ``.demo/*.log``.
+count and checking every call was loaded exactly once. Before those exports it unpauses
+``dialnexa_call_export_check``, the DAG scheduled on the export's asset alias, and after them it runs a scheduler
+until that DAG has run on every exported file. The simulator is stopped whatever happens; the exit code is
+non-zero when anything failed. Airflow's own output goes to ``.demo/*.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +172,14 @@ def run_demo() -> None:
         conf = json.dumps({"call_ids": list(CALLS), "sqlite_path": str(outcomes_db)})
         step(f"airflow dags test {DAG_ID} -c '{conf}'")
         airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
+        unpause_check_dag(env, demo)
         export_runs = run_export_demo(sim, env, demo)
+        checks = run_check_demo(env, demo)
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
     report(home / "airflow.db", outcomes_db)
     report_exports(home / "airflow.db", demo / "exported_calls.db", export_runs)
+    report_checks(checks)
 
 
 # -- the scheduled export (dags/dialnexa_call_export.py) ----------------------------------------------
@@ -236,6 +244,99 @@ def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int])
     got = {x["window_start"]: x["calls"] for x in exports}
     if got != expected or total != distinct or total != sum(expected.values()):
         raise DemoError(f"expected {expected} calls per hour loaded once each, got {got} and {total} rows")
+
+
+# -- after each export: the DAG scheduled on the export's asset alias ------------------------------------
+
+CHECK_DAG_ID = "dialnexa_call_export_check"
+
+
+def unpause_check_dag(env: dict[str, str], demo: Path) -> None:
+    """Write the DAGs to the metadata DB and unpause the check DAG: only then does an export's asset event queue
+    a run of it (every other DAG stays paused, so a scheduler starts nothing else)."""
+    airflow(["dags", "reserialize"], env, demo / "reserialize.log", timeout=300)
+    airflow(["dags", "unpause", CHECK_DAG_ID], env, demo / "unpause.log", timeout=120)
+
+
+def run_check_demo(env: dict[str, str], demo: Path, timeout: float = 300) -> list[tuple[str, str, str, str]]:
+    """Run a scheduler until the check DAG has succeeded on every file the exports wrote.
+
+    The exports ran with ``dags test``, which records their asset events (queuing the check DAG) but schedules
+    nothing; a scheduler turns the queue into an asset-triggered run. Returns ``(run id, run type, state,
+    files checked)`` per run of the check DAG.
+    """
+    port = _free_port()
+    env = {
+        **env,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "demo-jwt-secret-0123456789abcdef0123",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",  # asset-triggered runs are part of the scheduling
+        "DIALNEXA_DEMO_DB": str(demo / "exported_calls.db"),  # the check records windows next to the loaded rows
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    metadata_db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    step(f"Starting a scheduler until {CHECK_DAG_ID} (scheduled on the export's asset alias) has run")
+    with contextlib.ExitStack() as running:
+        for component in (["api-server", "--apps", "execution", "--port", str(port)], ["scheduler"]):
+            running.enter_context(_component(component, env, demo / f"{component[0]}.log"))
+        deadline = time.monotonic() + timeout
+        while True:
+            with sqlite3.connect(metadata_db, timeout=30) as db:
+                written = {
+                    json.loads(v)["path"]
+                    for (v,) in db.execute(
+                        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'export_calls' AND key = 'return_value'",
+                        (EXPORT_DAG_ID,),
+                    )
+                }
+                runs = db.execute(
+                    "SELECT r.run_id, r.run_type, r.state, x.value FROM dag_run r LEFT JOIN xcom x ON x.dag_id = "
+                    "r.dag_id AND x.run_id = r.run_id AND x.key = 'return_value' WHERE r.dag_id = ? ORDER BY r.id",
+                    (CHECK_DAG_ID,),
+                ).fetchall()
+            checked = [(run_id, kind, state, json.loads(v) if v else []) for run_id, kind, state, v in runs]
+            if any(state == "failed" for _, _, state, _ in checked):
+                raise DemoError(f"{CHECK_DAG_ID} failed; see .demo/scheduler.log")
+            done = {item["path"] for _, _, state, items in checked if state == "success" for item in items}
+            if written and written <= done:
+                return [(r, k, s, ", ".join(Path(i["path"]).name for i in items)) for r, k, s, items in checked]
+            if time.monotonic() > deadline:
+                raise DemoError(f"{CHECK_DAG_ID} did not check every export within {timeout:.0f} s; see .demo/*.log")
+            time.sleep(1)
+
+
+def report_checks(checks: list[tuple[str, str, str, str]]) -> None:
+    print(f"\nAfter the exports ({CHECK_DAG_ID}, scheduled on export_alias('{EXPORT_DAG_ID}', 'export_calls')):")
+    print(table(checks, ("run_id", "run_type", "state", "files checked"), 90))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _component(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    """``airflow <args>`` in its own process group for the block's duration, then stopped with its children."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+                break
 
 
 def main() -> int:

@@ -10,7 +10,6 @@ import contextlib
 import gzip
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -19,9 +18,13 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow.providers.common.compat.sdk import Asset, BaseOperator, ObjectStoragePath
+from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_dialnexa import status as call_status
+from airflow_provider_dialnexa._export_assets import asset_for as _asset_for
+from airflow_provider_dialnexa._export_assets import export_alias as export_alias  # public: schedule on it
+from airflow_provider_dialnexa._export_assets import record_export_event
+from airflow_provider_dialnexa._lineage import calls_lineage, export_lineage, resolved_base_url
 from airflow_provider_dialnexa._mapping import CheckedPartial
 from airflow_provider_dialnexa._paging import as_utc, check_literal_filters, filter_items, iso_utc
 from airflow_provider_dialnexa._placement import CORRELATION_KEY
@@ -55,6 +58,7 @@ from airflow_provider_dialnexa.triggers.dialnexa import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context, XComArg
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 
 class DialNexaGetCallOperator(BaseOperator):
@@ -159,6 +163,10 @@ class DialNexaGetCallOperator(BaseOperator):
                     sorted(record),
                 )
         return shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: DialNexa's calls (namespace: the base URL the hook used) as input; no I/O."""
+        return calls_lineage(resolved_base_url(vars(self).get("hook")), created=False)
 
 
 def correlation_id_for(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
@@ -304,19 +312,14 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         self.call_id = call_id
         return super().execute_complete(context, event)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: DialNexa's calls as output (the task placed one); no I/O."""
+        return calls_lineage(resolved_base_url(vars(self).get("hook")), created=True)
+
 
 ON_TIMEOUT_CHOICES = ("fail", "export", "export_ended")
 #: One JSON line per record, compact and UTF-8 (one encoder for every record, not one per call).
 _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _asset_for(destination: str) -> Any:
-    """An Airflow asset (dataset on 2.x) for a fixed destination, or None when it cannot be one."""
-    uri = destination if "://" in destination else f"file://{os.path.abspath(destination)}"
-    try:
-        return Asset(uri)
-    except Exception:  # a URI Airflow refuses as an asset must not break the DAG: just no automatic outlet
-        return None
 
 
 class DialNexaExportCallsOperator(BaseOperator):
@@ -336,8 +339,12 @@ class DialNexaExportCallsOperator(BaseOperator):
     call, running ones with their current status) or ``export_ended`` (leave the running ones out).
 
     Returns (XCom) ``{"path", "calls", "statuses", "window_start", "window_end"}``, never the records.
-    With a fixed (untemplated) ``destination`` and no ``outlets`` given, the file is the task's outlet
-    asset (dataset on Airflow 2), so downstream DAGs can be scheduled on it.
+    Every run records an asset event (dataset event on Airflow 2) for the file written, with that summary as
+    the event's ``extra``. With a fixed (untemplated) ``destination`` and no ``outlets`` given, the file is the
+    task's outlet asset. With a templated one (and in mapped tasks) the task declares the asset alias
+    ``export_alias(dag_id, task_id)`` (also its ``asset_alias`` attribute) and resolves it at run time to the
+    file written: schedule downstream DAGs on the asset or on the alias. OpenLineage (if installed) gets
+    DialNexa's calls as input and the file as output, with its row count.
 
     :param destination: Target file URL or path (templated).
     :param window_start: Window start, datetime or ISO-8601 (templated; default the data interval start).
@@ -352,6 +359,8 @@ class DialNexaExportCallsOperator(BaseOperator):
     template_fields: Sequence[str] = ("destination", "window_start", "window_end", "filters", "dialnexa_conn_id")
     template_fields_renderers = {"filters": "json"}
     ui_color = "#e0f2fe"
+    #: The summary of the last export this instance wrote (what lineage reports; set by ``execute``).
+    _summary: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -380,6 +389,7 @@ class DialNexaExportCallsOperator(BaseOperator):
         super().__init__(**kwargs)
         # Any: templates and task output are replaced by their rendered values before execute
         self.destination: Any = destination
+        self.asset_alias = self._own_alias()
         self.window_start: Any = window_start
         self.window_end: Any = window_end
         self.filters: Any = dict(filters) if isinstance(filters, Mapping) else ({} if filters is None else filters)
@@ -414,6 +424,46 @@ class DialNexaExportCallsOperator(BaseOperator):
     @cached_property
     def hook(self) -> DialNexaHook:
         return DialNexaHook(self.dialnexa_conn_id)
+
+    # -- asset events and lineage -------------------------------------------------------------------
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``BaseOperator.partial`` plus the export alias in ``outlets``: a mapped task's files are known only at
+        run time, and Airflow reads a mapped task's outlets from these arguments when it parses the DAG."""
+        partial = super().partial(**kwargs)
+        dag = partial.kwargs.get("dag")
+        if dag is not None:
+            alias = export_alias(dag.dag_id, partial.kwargs["task_id"])
+            outlets = list(partial.kwargs.get("outlets") or [])
+            partial.kwargs["outlets"] = outlets if alias in outlets else [*outlets, alias]
+        return partial
+
+    def _own_alias(self) -> Any:
+        """The task's export alias, in its outlets: added here for a templated destination, by ``partial`` for a
+        mapped task; None for a fixed destination (its own outlet asset carries the event) or without a DAG."""
+        if not self.has_dag():
+            return None
+        alias = export_alias(self.dag_id, self.task_id)
+        if alias in self.outlets:
+            return alias
+        if not arrives_at_run_time(self.destination):
+            return None
+        self.outlets = [*self.outlets, alias]
+        return alias
+
+    def _published(self, context: Context, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Keep the summary for lineage and put it on the asset event of the file written."""
+        if summary is not None:
+            self._summary = summary
+            asset = record_export_event(context, self.outlets, self.asset_alias, summary)
+            if asset is not None:
+                self.log.info("Asset event for %s (alias %s)", asset.uri, getattr(self.asset_alias, "name", None))
+        return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: DialNexa's calls in, the written file out with its row count; from what ``execute`` kept."""
+        return export_lineage(resolved_base_url(vars(self).get("hook")), self._summary)
 
     # -- window, destination ------------------------------------------------------------------------
 
@@ -477,8 +527,8 @@ class DialNexaExportCallsOperator(BaseOperator):
             result = self._export(start, end, stop_at_running=True)
             if result is None:
                 self._defer(start, end, time.time() + self.timeout, "status")
-            return result  # type: ignore[return-value]
-        return self._export(start, end)  # type: ignore[return-value]
+            return self._published(context, result)  # type: ignore[return-value]
+        return self._published(context, self._export(start, end))  # type: ignore[return-value]
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the window trigger: export, wait again, or handle the timeout."""
@@ -495,10 +545,10 @@ class DialNexaExportCallsOperator(BaseOperator):
         if checked["event"] == SUCCESS and time.time() < end_time:
             result = self._export(start, end, stop_at_running=True)
             if result is not None:
-                return result
+                return self._published(context, result)  # type: ignore[return-value]
             # Still (or newly) running calls although the trigger saw none: poll them by id from now on.
             self._defer(start, end, end_time, "per_call")
-        return self._export(start, end, timed_out=True)  # type: ignore[return-value]
+        return self._published(context, self._export(start, end, timed_out=True))  # type: ignore[return-value]
 
     def _defer(self, start: str, end: str, end_time: float, mode: str) -> None:
         trigger = DialNexaWindowTrigger(
