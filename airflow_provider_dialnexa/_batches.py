@@ -235,8 +235,8 @@ class BatchPager:
     the server ignores ``page``: that fails loudly instead of looping or ending early.
     """
 
-    def __init__(self, settings: ConnectionSettings, status: str | None = None, page_size: int = BATCH_PAGE_SIZE):
-        self.settings, self.status, self.size = settings, status, page_size
+    def __init__(self, settings: ConnectionSettings, status: str | None = None, page_size: int | None = None):
+        self.settings, self.status, self.size = settings, status, page_size or BATCH_PAGE_SIZE
         self.page = 1
         self.done = False
         self.seen: set[str] = set()

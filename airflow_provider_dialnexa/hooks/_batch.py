@@ -320,10 +320,10 @@ class BatchCallsMixin:
         return await self._adrive(locate_batch(batch_id, settings, hint))  # type: ignore[no-any-return]
 
     def list_batch_calls(
-        self, status: str | list[str] | None = None, *, page_size: int = 100
+        self, status: str | list[str] | None = None, *, page_size: int | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every batch of the workspace (List Batch Calls), each once; ``status`` filters (a list = any of them)."""
-        if not 1 <= page_size <= 100:
+        if page_size is not None and not 1 <= page_size <= 100:
             raise ValueError(f"page_size must be between 1 and 100, got {page_size}")
         wanted = ",".join(status) if isinstance(status, list) else status
         pager = BatchPager(self.settings, wanted, page_size)

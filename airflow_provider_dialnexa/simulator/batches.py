@@ -70,10 +70,16 @@ class BatchConfig:
     outcomes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     published_versions: tuple[int, ...] = (1, 2, 3)
     draft_versions: tuple[int, ...] = (4,)
+    #: Query parameters this deployment ignores on Get Batch Call / List Batch Calls (``["page"]``: always page 1).
+    detail_ignores: tuple[str, ...] = ()
+    list_ignores: tuple[str, ...] = ()
+    #: Return at most this many call logs per Get Batch Call page while reporting the limit asked (0 = honest).
+    detail_cap: int = 0
 
     def __post_init__(self) -> None:
         self.retry_on, self.published_versions = tuple(self.retry_on), tuple(self.published_versions)
-        self.draft_versions = tuple(self.draft_versions)
+        self.draft_versions, self.detail_ignores = tuple(self.draft_versions), tuple(self.detail_ignores)
+        self.list_ignores = tuple(self.list_ignores)
         if self.detail_style not in ("calllogs", "record", "both") or self.list_style not in ("items", "data"):
             raise ValueError("detail_style must be calllogs/record/both and list_style items/data")
         if self.dial_interval_s <= 0 or self.call_s < 0 or self.retry_wait_s < 0 or not 0 <= self.retries <= 4:
@@ -533,6 +539,7 @@ def _paging(query: Mapping[str, Sequence[str]], default: int, maximum: int, capp
 
 
 def _list(bk: BatchBook, query: Mapping[str, Sequence[str]]) -> Any:
+    query = {k: v for k, v in query.items() if k not in bk.config.list_ignores}
     other = bk.config.list_style == "data"
     page, limit = _paging(query, 20, 100, capped=other)
     wanted = set(split_csv(query.get("status")))
@@ -546,6 +553,7 @@ def _list(bk: BatchBook, query: Mapping[str, Sequence[str]]) -> Any:
 
 def _detail(state: SimState, bk: BatchBook, batch: _Batch, query: Mapping[str, Sequence[str]]) -> Any:
     style = bk.config.detail_style
+    query = {k: v for k, v in query.items() if k not in bk.config.detail_ignores}
     if style == "record":
         return bk.listed(batch)
     page, limit = _paging(query, 20, 200, capped=False)
@@ -558,7 +566,7 @@ def _detail(state: SimState, bk: BatchBook, batch: _Batch, query: Mapping[str, S
     rows = [state._record(calls[i], now, advance=False) for i in ids]
     if wanted:
         rows = [r for r in rows if r["status"] in wanted]
-    page_rows = rows[(page - 1) * limit : page * limit]
+    page_rows = rows[(page - 1) * limit : page * limit][: bk.config.detail_cap or None]
     logs = {"callLogs": page_rows, "total": len(rows), "page": page, "limit": limit}
     logs["totalPages"] = math.ceil(len(rows) / limit)
     return {**bk.listed(batch), **logs} if style == "both" else logs
