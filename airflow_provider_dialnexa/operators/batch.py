@@ -69,7 +69,8 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
     upload that may have reached DialNexa is never sent again before List Batch Calls has proven that no batch
     has that title; a retried task (try 2 and later) first looks for the batch an earlier try created and
     adopts it. Returns (XCom) ``{"batch_id", "total", "status", "warning"}``: ``warning`` is DialNexa's note
-    about batches ahead of this one (batches run one at a time per organization), or None.
+    about batches ahead of this one (batches run one at a time per organization), or None. Each key is also
+    its own XCom (``multiple_outputs``), so ``create.output["batch_id"]`` feeds a sensor or an export.
 
     With ``wait_for_completion=True`` the task defers to ``DialNexaBatchTrigger`` until the batch has ended,
     then returns the same keys with the final status (failing on ``failure_statuses``).
@@ -127,6 +128,7 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
         failure_statuses: Iterable[str] = DEFAULT_BATCH_FAILURE_STATUSES,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("multiple_outputs", True)  # create.output["batch_id"] works downstream
         super().__init__(**kwargs)
         self.leads = leads
         self.title = title
