@@ -164,7 +164,7 @@ def memory_path(url: str) -> Any:
     try:
         from airflow.sdk.io import attach
     except ImportError:  # Airflow 2.11
-        from airflow.io import attach  # type: ignore[no-redef,attr-defined]
+        from airflow.io.store import attach  # type: ignore[no-redef,attr-defined]
     attach("memory", fs=fsspec.filesystem("memory"))
     return ObjectStoragePath(url)
 
