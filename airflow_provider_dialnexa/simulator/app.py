@@ -16,7 +16,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
-from airflow_provider_dialnexa.simulator import batches
+from airflow_provider_dialnexa.simulator import batch_api, batches
 from airflow_provider_dialnexa.simulator.ratelimit import header_values
 from airflow_provider_dialnexa.simulator.state import (
     ERROR_FAULTS,
@@ -236,7 +236,7 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
                 state.reset(body.get("seed"))
                 return 200, {"ok": True}
             case _, ["batches" | "clock", *_]:
-                return batches.control(state, method, parts, body)
+                return batch_api.control(state, method, parts, body)
     except KeyError as exc:
         return 404, {"statusCode": 404, "message": str(exc.args[0]), "error": "Not Found"}
     except (TypeError, ValueError) as exc:
@@ -322,7 +322,7 @@ class SimulatorApp:
                 status, payload = 200, state.api_list(query, now)
             elif route.startswith("batch_"):
                 ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
-                status, payload = batches.api(state, route, call_ids[0] if call_ids else None, query, body, ctype)
+                status, payload = batch_api.api(state, route, call_ids[0] if call_ids else None, query, body, ctype)
             else:
                 status, payload = 201, state.api_create(_parse_json(body), now)
         except ApiError as exc:
