@@ -592,3 +592,17 @@ def test_an_invalid_action_on_an_ended_batch_is_final(sim: Simulator, hook: Dial
     with pytest.raises(DialNexaBadRequestError, match="Cannot pause a completed batch call"):
         hook.pause_batch_call(created["id"])
     assert len(sim.requests(route="batch_status")) == 1
+
+
+def test_numbers_dialnexa_echoes_in_a_refusal_are_masked_dates_are_not() -> None:
+    from airflow_provider_dialnexa.exceptions import error_for_status
+    from airflow_provider_dialnexa.hooks._batch import _mask_numbers
+
+    message = "Row 3: +1 415 555 0101 and 919876543210 are not reachable; starts_at 2026-10-05T09:00:00Z"
+    body = json.dumps({"statusCode": 400, "message": message, "error": "Bad Request"}).encode()
+    error = _mask_numbers(error_for_status(400, body, subject="Create Batch Call", call_id=None, conn_id="c"))
+    assert "415 555 0101" not in str(error)
+    assert "919876543210" not in str(error)
+    assert "+14*****0101" in str(error)
+    assert error.api_message is not None
+    assert "2026-10-05T09:00:00Z" in error.api_message

@@ -58,7 +58,9 @@ if TYPE_CHECKING:
 BATCH_LOOKUP_MARGIN = 24 * 60 * 60
 #: Call-log page size of ``iter_batch_calls`` (List Calls' documented maximum; the server may apply less).
 CALL_LOG_PAGE = 200
-_NUMBER_LIKE = re.compile(r"\+?\d[\d ().-]{6,}\d")
+#: What may be a lead's number in DialNexa's message: '+' and digits (spaces, dots, dashes, brackets between),
+#: or a bare run of 8-15 digits. Dates and counts stay readable.
+_NUMBER_LIKE = re.compile(r"\+\d[\d ().-]{6,}\d|(?<!\d)\d{8,15}(?!\d)")
 
 
 def _mask_numbers(exc: DialNexaError) -> DialNexaError:
