@@ -394,11 +394,16 @@ def lead_key(record: Mapping[str, Any]) -> str:
     return digits or f"call:{record.get('id')}"
 
 
-def attempt_order(record: Mapping[str, Any]) -> tuple[bool, str, str]:
-    """Sort key of a lead's attempts: the representative attempt sorts last (an ended one, then the newest)."""
-    created = created_time(record)
-    return (
-        status_.is_terminal(record.get("status")),
-        iso_utc(created) if created is not None else "",
-        str(record.get("id")),
-    )
+def attempt_order(record: Mapping[str, Any], ended: bool | None = None) -> tuple[bool, str, str]:
+    """Sort key of a lead's attempts: the representative attempt sorts last (an ended one, then the newest).
+
+    ``ended`` may be given when the caller already knows it. DialNexa's own timestamp format
+    (``2026-10-05T09:15:02.118Z``) sorts as text and is used as is; anything else is parsed.
+    """
+    raw = record.get("createdAt") or record.get("created_at")
+    if not (isinstance(raw, str) and len(raw) == 24 and raw[-1] == "Z" and raw[10] == "T" and raw[19] == "."):
+        created = created_time(record)
+        raw = iso_utc(created) if created is not None else ""
+    if ended is None:
+        ended = status_.is_terminal(record.get("status"))
+    return ended, raw, str(record.get("id"))

@@ -352,15 +352,20 @@ class DialNexaExportBatchCallsOperator(BaseOperator):
         keep = self.records == "leads"
         shape = self.include_fields is not None or self.exclude_fields is not None or self.mask_phone_numbers
         lines: list[bytes] = []
+        ended: dict[Any, tuple[bool, str]] = {}  # raw status -> (ended?, normalised): once per distinct value
         for record in self.hook.iter_batch_calls(batch_id, page_size=self.page_size):
             calls += 1
-            if not status_.is_terminal(record.get("status")):
+            raw = record.get("status")
+            known = ended.get(raw)
+            if known is None:
+                known = ended[raw] = (status_.is_terminal(raw), status_.normalise(raw))
+            if not known[0]:
                 running += 1
             lead = lead_key(record)
             attempts[lead] += 1
-            order = attempt_order(record)
+            order = attempt_order(record, known[0])
             if lead not in best or order > best[lead][0]:
-                best[lead] = (order, record if keep else status_.normalise(record.get("status")))
+                best[lead] = (order, record if keep else known[1])
             if keep:
                 continue
             lines.append(_to_json(self._shaped(record) if shape else record).encode())

@@ -230,12 +230,12 @@ def _detail(state: SimState, bk: BatchBook, batch: _Batch, query: Mapping[str, S
     ids.sort(key=lambda i: (calls[i].plan.created_at, calls[i].seq), reverse=order != "asc")
     wanted = set(split_csv(query.get("status")))
     now = time.time()
-    rows = [state._record(calls[i], now, advance=False) for i in ids]
-    if wanted:
-        rows = [r for r in rows if r["status"] in wanted]
-    page_rows = rows[(page - 1) * limit : page * limit][: bk.config.detail_cap or None]
-    logs = {"callLogs": page_rows, "total": len(rows), "page": page, "limit": limit}
-    logs["totalPages"] = math.ceil(len(rows) / limit)
+    if wanted:  # status is shown through the call's script: filter before rendering only the page
+        ids = [i for i in ids if (calls[i].plan.script or [""])[0] in wanted]
+    page_ids = ids[(page - 1) * limit : page * limit][: bk.config.detail_cap or None]
+    page_rows = [state._record(calls[i], now, advance=False) for i in page_ids]
+    logs = {"callLogs": page_rows, "total": len(ids), "page": page, "limit": limit}
+    logs["totalPages"] = math.ceil(len(ids) / limit)
     return {**bk.listed(batch), **logs} if style == "both" else logs
 
 
