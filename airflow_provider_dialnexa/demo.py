@@ -175,6 +175,7 @@ def run_demo() -> None:
         unpause_check_dag(env, demo)
         export_runs = run_export_demo(sim, env, demo)
         checks = run_check_demo(env, demo)
+        run_campaign_demo(sim, env, demo)
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
     report(home / "airflow.db", outcomes_db)
@@ -337,6 +338,42 @@ def _component(args: list[str], env: dict[str, str], log: Path) -> Iterator[None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
                 break
+
+
+# -- the campaign (dags/dialnexa_campaign.py) ------------------------------------------------------------
+
+CAMPAIGN_DAG_ID = "dialnexa_campaign"
+
+
+def run_campaign_demo(sim: SimulatorControls, env: dict[str, str], demo: Path) -> None:
+    """Run the campaign DAG once: 12 leads from SQLite become one batch (its first upload's answer is lost, so
+    it is found in List Batch Calls instead of uploaded twice), dialled within seconds with two leads
+    redialled, waited for in the triggerer, exported and upserted. Prints the outcomes; raises ``DemoError``."""
+    from airflow_provider_dialnexa.simulator import Fault
+
+    sim.configure_batches(
+        dial_interval_s=0.3,
+        call_s=1.0,
+        retry_wait_s=2.0,
+        mix={"completed": 3, "no_answer": 1},
+        outcomes={"+14155550101": ["no_answer", "completed"], "+14155550102": ["busy", "busy", "busy"]},
+    )
+    sim.add_fault(Fault(kind="lost_504", route="batch_create", count=1))
+    db = demo / "campaign.db"
+    conf = json.dumps({"sqlite_path": str(db), "storage": f"file://{demo / 'campaign'}"})
+    step(f"airflow dags test {CAMPAIGN_DAG_ID} (one batch; its first upload's answer is lost on purpose)")
+    campaign_env = {**env, "DIALNEXA_CAMPAIGN_POLL_S": "2"}
+    airflow(["dags", "test", CAMPAIGN_DAG_ID, "-c", conf], campaign_env, demo / "campaign.log", timeout=600)
+    batches = sim.batches()
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT lead_id, status, attempts, call_id FROM lead_outcomes ORDER BY lead_id").fetchall()
+    print(
+        f"\nCampaign ({CAMPAIGN_DAG_ID}): {len(batches)} batch(es) in DialNexa, uploads sent: "
+        f"{len(sim.requests(route='batch_create'))}"
+    )
+    print(table(rows, ("lead_id", "status (last attempt)", "attempts", "call_id")))
+    if len(batches) != 1 or len(rows) != batches[0]["total_lead_count"]:
+        raise DemoError(f"expected one batch and one outcome per lead, got {len(batches)} batches, {len(rows)} rows")
 
 
 def main() -> int:

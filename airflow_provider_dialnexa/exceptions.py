@@ -278,3 +278,51 @@ def error_from_event(event: Mapping[str, Any]) -> DialNexaError:
     """Rebuild the typed error a trigger ``error`` event stands for."""
     cls = ERROR_KINDS.get(str(event.get("kind")), DialNexaError)
     return cls(str(event.get("message") or "DialNexa trigger failed"), call_id=event.get("call_id"))
+
+
+# -- batch calls (campaigns) --------------------------------------------------------------------------
+
+
+class InvalidLeadsError(DialNexaBadRequestError, ValueError):
+    """A leads file that DialNexa would refuse (no ``phone_number`` column, numbers not E.164, too large).
+
+    Raised before anything is uploaded; the message names the rows (numbers masked).
+    """
+
+
+class DialNexaBatchFailedError(DialNexaError, AirflowFailException):
+    """The batch ended (or paused) in a status the task was told to treat as failure (``failure_statuses``).
+
+    Final like ``DialNexaCallFailedError``: not retried; ``soft_fail`` turns it into a skip.
+    """
+
+    kind = "batch_failed"
+
+
+class DialNexaUnconfirmedBatchError(DialNexaUnconfirmedCallError):
+    """A Create Batch Call whose outcome is unknown: DialNexa may have created the batch, and no lookup could tell."""
+
+    hint = (
+        "A retry of this task looks for the batch (by the correlation token in its title) before uploading "
+        "again; do not upload the leads by hand without first checking List Batch Calls for that title."
+    )
+
+
+#: Hints for a refused Create Batch Call, by HTTP status.
+CREATE_BATCH_HINTS: dict[int, str] = {
+    400: "Check the leads file (a phone_number column, at most 10 MB), the title (at most 35 characters) and that "
+    "the agent version is published and has an outbound number; nothing was created.",
+    402: "Top up the DialNexa billing wallet of the workspace; nothing was created.",
+    403: "The destination country/prefix is not enabled for the workspace, KYC is pending, or the key lacks access.",
+    404: "Check agent_id and agent_version_number: the agent or that version does not exist in this organization.",
+    409: "The request conflicts with the current state of the agent or workspace.",
+    422: "DialNexa could not process the request as sent; check the arguments.",
+}
+#: Hints for reading or changing one batch, by HTTP status.
+BATCH_HINTS: dict[int, str] = {
+    400: "Check the batch id (as DialNexa returned it, e.g. 'batch_abc123'), or the action is not allowed in the "
+    "batch's current status.",
+    403: "The batch belongs to another organization, or the key lacks permission.",
+    404: "Check the batch id, and that the key belongs to the organization that created the batch.",
+    409: "The action conflicts with the batch's status (e.g. resuming a cancelled batch).",
+}

@@ -57,6 +57,7 @@ from airflow_provider_dialnexa.exceptions import (
     describe,
     scrub,
 )
+from airflow_provider_dialnexa.hooks._batch import BatchCallsMixin
 from airflow_provider_dialnexa.policy import (
     CONNECT_TIMEOUT,
     RateBudget,
@@ -168,7 +169,7 @@ async def close_async_clients() -> None:
         await state.closer.aclose()
 
 
-class DialNexaHook(BaseHook):
+class DialNexaHook(BatchCallsMixin, BaseHook):
     """Talk to DialNexa through an Airflow connection of type ``dialnexa``.
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
@@ -429,11 +430,19 @@ class DialNexaHook(BaseHook):
             raise error from None
         return self._answer(response, subject=subject, call_id=call_id, settings=settings, budget=budget, hints=hints)
 
-    def _get(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
+    def _get(
+        self,
+        url: str,
+        *,
+        params: dict[str, str] | None,
+        subject: str,
+        call_id: str | None,
+        hints: Mapping[int, str] | None = None,
+    ) -> Any:
         policy = self._policy(self.settings)
         for attempt in Retrying(**policy.tenacity_kwargs(self.log, describe(subject, None))):
             with attempt:
-                return self._send_once("GET", url, params=params, subject=subject, call_id=call_id)
+                return self._send_once("GET", url, params=params, subject=subject, call_id=call_id, hints=hints)
         raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     def get_call(self, call_id: str) -> dict[str, Any]:
@@ -540,7 +549,15 @@ class DialNexaHook(BaseHook):
 
     # -- async (triggers) ---------------------------------------------------------------------------
 
-    async def _aget(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
+    async def _aget(
+        self,
+        url: str,
+        *,
+        params: dict[str, str] | None,
+        subject: str,
+        call_id: str | None,
+        hints: Mapping[int, str] | None = None,
+    ) -> Any:
         settings = (await self._loop_client()).settings
         timeout = httpx.Timeout(self._read_timeout(settings), connect=CONNECT_TIMEOUT, pool=None)
         retrying = AsyncRetrying(**self._policy(settings).tenacity_kwargs(self.log, describe(subject, None)))
@@ -562,7 +579,12 @@ class DialNexaHook(BaseHook):
                     await shared.release()
                 try:
                     return self._answer(
-                        response, subject=subject, call_id=call_id, settings=shared.settings, budget=shared.budget
+                        response,
+                        subject=subject,
+                        call_id=call_id,
+                        settings=shared.settings,
+                        budget=shared.budget,
+                        hints=hints,
                     )
                 except DialNexaAuthError:
                     await self._forget_loop_client(shared)

@@ -660,3 +660,20 @@ class DialNexaExportCallsOperator(BaseOperator):
             result["running_left_out"] = len(running)
         self.log.info("Exported %d DialNexa calls of [%s, %s) to %s", result["calls"], start, end, path)
         return result
+
+
+# Campaign operators live in their own module; importable from here like the others (imported last: that
+# module reaches back into this one only inside functions).
+from airflow_provider_dialnexa.operators.batch import (  # noqa: E402
+    DialNexaCreateBatchCallOperator,
+    DialNexaExportBatchCallsOperator,
+)
+
+__all__ = [
+    "DialNexaCreateBatchCallOperator",
+    "DialNexaCreateCallOperator",
+    "DialNexaExportBatchCallsOperator",
+    "DialNexaExportCallsOperator",
+    "DialNexaGetCallOperator",
+    "correlation_id_for",
+]

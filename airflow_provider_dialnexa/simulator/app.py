@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
+from airflow_provider_dialnexa.simulator import batch_api, batches
 from airflow_provider_dialnexa.simulator.echo import echo_message, number_of
 from airflow_provider_dialnexa.simulator.ratelimit import header_values
 from airflow_provider_dialnexa.simulator.state import (
@@ -146,6 +147,13 @@ def _resolve(method: str, scope: Scope) -> tuple[str, str | None]:
             return {"GET": "list", "POST": "create"}.get(method, "other"), None
         if len(parts) == 4 and method == "GET":
             return "get", unquote(parts[3])
+    if parts[1:3] == ["v1", "batch-calls"]:  # simulator/batches.py
+        if len(parts) == 3:
+            return {"GET": "batch_list", "POST": "batch_create"}.get(method, "other"), None
+        if len(parts) == 4 and method == "GET":
+            return "batch_get", unquote(parts[3])
+        if len(parts) == 5 and parts[4] == "status" and method == "PATCH":
+            return "batch_status", unquote(parts[3])
     return "other", None
 
 
@@ -232,6 +240,8 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
             case "POST", ["reset"]:
                 state.reset(body.get("seed"))
                 return 200, {"ok": True}
+            case _, ["batches" | "clock", *_]:
+                return batch_api.control(state, method, parts, body)
     except KeyError as exc:
         return 404, {"statusCode": 404, "message": str(exc.args[0]), "error": "Not Found"}
     except (TypeError, ValueError) as exc:
@@ -260,7 +270,9 @@ class SimulatorApp:
     async def _api(self, scope: Scope, body: bytes, send: Send) -> None:
         state, now, method = self.state, time.time(), scope["method"]
         route, call_id = _resolve(method, scope)
-        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if route == "list" else {}
+        batches.tick(state)
+        paged = route in ("list", "batch_list", "batch_get")
+        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if paged else {}
         call_ids = (call_id,) if call_id is not None else tuple(split_csv(query.get("call_id")))
         reply, reset = await self._answer(route, method, scope, call_ids, query, body, now)
         client = scope.get("client")
@@ -313,6 +325,9 @@ class SimulatorApp:
                 status, payload = 200, state.api_get(call_ids[0], now)
             elif route == "list":
                 status, payload = 200, state.api_list(query, now)
+            elif route.startswith("batch_"):
+                ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
+                status, payload = batch_api.api(state, route, call_ids[0] if call_ids else None, query, body, ctype)
             else:
                 status, payload = 201, state.api_create(_parse_json(body), now)
         except ApiError as exc:

@@ -196,6 +196,24 @@ class SimulatorControls:
         """Forget calls, faults, counters and log and restore the config (see :meth:`SimState.reset`)."""
         self._control("POST", "/_sim/reset", {"seed": seed})
 
+    # -- batch calls (simulator/batches.py) ---------------------------------------------------------
+
+    def configure_batches(self, **changes: Any) -> dict[str, Any]:
+        """Change how batches behave (:class:`~airflow_provider_dialnexa.simulator.batches.BatchConfig`)."""
+        return dict(self._control("POST", "/_sim/batches/config", changes))
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch as List Batch Calls shows it, plus ``attempts`` and each lead's ``finals`` (by number)."""
+        return list(self._control("GET", "/_sim/batches")["batches"])
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the batch clock ``seconds`` ahead (running every batch event meanwhile); returns its time."""
+        return float(self._control("POST", "/_sim/clock/advance", {"seconds": seconds})["now"])
+
+    def set_clock(self, when: float) -> float:
+        """Set the batch clock to ``when`` (epoch seconds; later is safe, earlier only before any batch)."""
+        return float(self._control("POST", "/_sim/clock", {"time": when})["now"])
+
 
 class Simulator(SimulatorControls):
     """The simulator served by uvicorn from a background thread of this process.

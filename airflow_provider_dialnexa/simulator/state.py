@@ -25,7 +25,7 @@ from airflow_provider_dialnexa.simulator.ratelimit import KeyLimiter, RateState,
 from airflow_provider_dialnexa.status import TERMINAL, normalise
 
 Spelling = Literal["camel", "snake"]
-FaultRoute = Literal["get", "list", "create", "any"]
+FaultRoute = Literal["get", "list", "create", "any", "batch_create", "batch_list", "batch_get", "batch_status"]
 FaultKind = Literal[
     "429",
     "500",
@@ -282,8 +282,8 @@ class Fault:
                 f"kind must be one of {FAULT_KINDS} or one of DialNexa's error statuses "
                 f"{sorted(DOCUMENTED_ERROR_STATUSES)}, not {self.kind!r}"
             )
-        if self.route not in ("get", "list", "create", "any"):
-            raise ValueError(f"route must be get, list, create or any, not {self.route!r}")
+        if self.route not in get_args(FaultRoute):
+            raise ValueError(f"route must be one of {get_args(FaultRoute)}, not {self.route!r}")
         if self.count is not None and self.rate is not None:
             raise ValueError("give count or rate, not both")
         if self.count is not None and self.count < 1:
