@@ -84,8 +84,9 @@ def record(session: Session, conn_id: str, event: WebhookEvent, *, now: float | 
     """Record one call-ended event exactly once; the caller commits ``session`` (or rolls it back on error).
 
     Order matters: the advisory lock (PostgreSQL) before anything is dated, the receipt before the
-    event, so a duplicate fails on the key before an event exists. A second delivery of the same
-    (connection, call, status) waits for the first transaction, then finds its receipt.
+    event, so a duplicate fails on the key before an event exists (and the transaction is rolled back).
+    A second delivery of the same (connection, call, status) waits for the first transaction, then finds
+    its receipt.
     """
     ensure_table(session.get_bind().engine)  # type: ignore[union-attr]
     uri = calls_asset_uri(conn_id)
@@ -101,9 +102,11 @@ def record(session: Session, conn_id: str, event: WebhookEvent, *, now: float | 
         "pending": True,
     }
     try:
-        with session.begin_nested():
-            session.execute(insert(receipts).values(**receipt))
+        # No savepoint: on SQLite (pysqlite) a SAVEPOINT opened before any write becomes the outermost
+        # transaction and its RELEASE commits, which would commit the receipt even if the event then failed.
+        session.execute(insert(receipts).values(**receipt))
     except IntegrityError:
+        session.rollback()  # nothing else was written in this transaction
         return Outcome.DUPLICATE
     if asset_id is None:
         asset_id = _adapter.create_asset(session, uri)
