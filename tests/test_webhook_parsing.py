@@ -338,3 +338,35 @@ def test_calls_from_events_every_event_each_call_once_latest_report_wins() -> No
 def test_calls_from_events_rejects_what_is_not_events() -> None:
     with pytest.raises(TypeError, match="triggering_asset_events"):
         calls_from_events("dialnexa://dialnexa_default/calls")
+
+
+def test_calls_from_events_reads_airflows_own_triggering_events_objects() -> None:
+    """The mapping a task really gets: Airflow 3's ``TriggeringAssetEventsAccessor`` (refuses str keys), or
+    2.11's dict of URI -> ``DatasetEvent``-like objects, also inside a task context."""
+    events = [_event("c1", "completed", 1), _event("c2", "busy", 2)]
+    if AIRFLOW_V_3:
+        from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+        from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+        uri = calls_asset_uri()
+        refs = [
+            AssetEventDagRunReferenceResult(
+                asset={"name": uri, "uri": uri, "extra": {}},  # type: ignore[arg-type]
+                extra=event.extra,
+                source_task_id=None,
+                source_dag_id=None,
+                source_run_id=None,
+                source_map_index=None,
+                source_aliases=[],
+                timestamp=event.timestamp,
+            )
+            for event in events
+        ]
+        triggering: Any = TriggeringAssetEventsAccessor.build(refs)
+        context: Any = {"triggering_asset_events": triggering, "run_id": "r"}
+    else:
+        triggering = {calls_asset_uri(): events}
+        context = {"triggering_dataset_events": triggering, "run_id": "r"}
+    expected = [{"id": "c1", "status": "completed", "duration": 1}, {"id": "c2", "status": "busy", "duration": 2}]
+    assert calls_from_events(triggering) == expected
+    assert calls_from_events(context) == expected

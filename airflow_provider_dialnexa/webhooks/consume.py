@@ -19,13 +19,21 @@ _CONTEXT_KEYS = ("triggering_asset_events", "triggering_dataset_events")
 
 
 def _extra(event: Any) -> Mapping[str, Any] | None:
-    extra = event.get("extra") if isinstance(event, Mapping) else getattr(event, "extra", None)
+    extra = event.get("extra") if isinstance(event, dict) else getattr(event, "extra", None)
     return extra if isinstance(extra, Mapping) else None
 
 
 def _timestamp(event: Any) -> datetime | None:
-    value = event.get("timestamp") if isinstance(event, Mapping) else getattr(event, "timestamp", None)
+    value = event.get("timestamp") if isinstance(event, dict) else getattr(event, "timestamp", None)
     return value if isinstance(value, datetime) else None
+
+
+def _context_value(source: Mapping[Any, Any], key: str) -> Any:
+    """``source[key]`` for a task context; None for other mappings (Airflow 3's accessor refuses str keys)."""
+    try:
+        return source.get(key)
+    except (TypeError, KeyError):
+        return None
 
 
 def _events_of(source: Any) -> list[Any]:
@@ -34,13 +42,12 @@ def _events_of(source: Any) -> list[Any]:
         from airflow.providers.common.compat.sdk import get_current_context
 
         source = get_current_context()
-    if isinstance(source, Mapping) and any(key in source for key in _CONTEXT_KEYS):
-        source = next(source[key] for key in _CONTEXT_KEYS if key in source)
-    if isinstance(source, Mapping) and not _extra(source):
-        groups: Iterable[Any] = source.values()
-        return [event for group in groups for event in (group or ())]
-    if isinstance(source, Mapping):  # one event given as a dict
+    if isinstance(source, Mapping):
+        source = next((found for key in _CONTEXT_KEYS if (found := _context_value(source, key)) is not None), source)
+    if isinstance(source, dict) and "extra" in source:  # one event given as a dict
         return [source]
+    if isinstance(source, Mapping):  # asset (URI, alias) -> its events; Airflow 3's accessor is such a mapping
+        return [event for group in source.values() for event in (group or ())]
     if isinstance(source, str | bytes) or not isinstance(source, Iterable):
         raise TypeError(
             "calls_from_events() takes the task context, triggering_asset_events (Airflow 3), "
