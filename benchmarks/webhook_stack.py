@@ -140,8 +140,11 @@ class AirflowStack:
         port = port or self.web_port
         if AIRFLOW_3:
             self.start(name, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
-        else:
-            self.start(name, "webserver", "--hostname", "127.0.0.1", "--port", str(port), "--workers", "1")
+        else:  # its own pid file: two webservers may share one AIRFLOW_HOME
+            pid = str(self.home / f"{name}.pid")
+            self.start(
+                name, "webserver", "--hostname", "127.0.0.1", "--port", str(port), "--workers", "1", "--pid", pid
+            )
 
     def start_all(self) -> None:
         """Migrate the DB, then start the web server and the scheduler (and the dag-processor on Airflow 3)."""
