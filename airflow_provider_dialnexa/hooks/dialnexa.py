@@ -196,7 +196,8 @@ class DialNexaHook(BaseHook):
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
     base URL (empty = ``https://api.dialnexa.com``). Extras: ``timeout`` (read timeout, s),
-    ``max_retries``, ``rate_limit_per_minute`` (0 = no budget) and ``polling`` (``batched``/``per_call``).
+    ``max_retries``, ``rate_limit_per_minute`` (0 = no budget), ``polling`` (``batched``/``per_call``) and
+    ``webhook_secret``/``webhook_secret_previous`` (the webhook receiver's signing secrets, docs/webhooks.md).
 
     Creating the hook does no I/O: the connection is read on first use, synchronously in ``get_call``
     and without blocking the event loop in ``aget_call``.

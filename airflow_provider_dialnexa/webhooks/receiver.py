@@ -181,5 +181,8 @@ def _record(conn_id: str, event: Any) -> Outcome:
     with create_session() as session:  # commits on success, rolls back on any exception
         outcome = record(session, conn_id, event, after_commit=notifications)
     for notify in notifications:  # Airflow's listeners, told only about a committed event
-        notify()
+        try:
+            notify()
+        except Exception:  # the event is committed: a listener's failure must not turn it into a 503
+            log.exception("DialNexa webhook for %r: an asset listener failed on call %r", conn_id, event.call_id)
     return outcome
