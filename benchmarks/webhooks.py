@@ -4,6 +4,7 @@ A throwaway Airflow (SQLite, one api-server worker, scheduler, dag-processor; ``
 with a DAG scheduled on the calls asset whose task reads its run's calls with ``calls_from_events`` (no
 request). The connection's host is the DialNexa simulator, so any status request would be counted.
 
+The client retries a 5xx or a failed connection up to 3 times, 1 s apart, as DialNexa does.
 The load: ``--deliveries`` requests (default 2,000) in bursts of ``--burst`` sent by ``--concurrency``
 client threads, ``--pause`` seconds apart; ``--duplicates`` of them (10 %) repeat an authentic delivery,
 half at once in the same burst, half in a later burst (DialNexa's retries); ``--forged`` of them (5 %)
@@ -186,12 +187,25 @@ def _deliver(stack: AirflowStack, bursts: list[list[Delivery]], args: argparse.N
     outcomes: Counter[tuple[str, int, str]] = Counter()
     sending = 0.0
 
+    retries: list[int] = []
+
     def send(client: httpx.Client, delivery: Delivery) -> None:
-        start = time.perf_counter()
-        response = client.post(url, content=delivery.body, headers=delivery.headers)
-        latencies.append(time.perf_counter() - start)
-        status = response.json().get("status", "") if response.status_code == 200 else ""
-        outcomes[(delivery.kind, response.status_code, status)] += 1
+        """One delivery, retried like DialNexa (up to 3 times) after a 5xx or a failed connection."""
+        for _attempt in range(4):
+            start = time.perf_counter()
+            try:
+                response = client.post(url, content=delivery.body, headers=delivery.headers)
+            except httpx.HTTPError:
+                code = 0
+            else:
+                code = response.status_code
+            latencies.append(time.perf_counter() - start)
+            if 0 < code < 500:
+                break
+            retries.append(code)
+            time.sleep(1.0)
+        status = response.json().get("status", "") if code == 200 else ""
+        outcomes[(delivery.kind, code, status)] += 1
 
     web = psutil.Process(stack.procs["web"].pid)
 
@@ -237,6 +251,7 @@ def _deliver(stack: AirflowStack, bursts: list[list[Delivery]], args: argparse.N
         "outcomes": {
             f"{kind} {code} {status}".strip(): count for (kind, code, status), count in sorted(outcomes.items())
         },
+        "retries_after_5xx": len(retries),
         "deliveries_per_s_while_sending": round(total / sending, 1),
         "web_server_cpu_ms_per_delivery": round(web_cpu_s / total * 1000, 2),
         "web_server_capacity_per_idle_core_per_s": round(total / web_cpu_s, 1),
