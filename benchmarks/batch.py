@@ -136,8 +136,8 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 def measure_wait(sim: Any, batch_id: str) -> dict[str, Any]:
     """Run the trigger on a fake clock whose sleeps move the simulator's batch clock; count its requests."""
     from airflow_provider_dialnexa.hooks.dialnexa import close_async_clients
+    from airflow_provider_dialnexa.triggers import _loop as call_module
     from airflow_provider_dialnexa.triggers import batch as module
-    from airflow_provider_dialnexa.triggers import dialnexa as call_module
 
     now = [time.time()]
     sleeps: list[float] = []
