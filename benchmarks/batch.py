@@ -136,7 +136,7 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 def measure_wait(sim: Any, batch_id: str) -> dict[str, Any]:
     """Run the trigger on a fake clock whose sleeps move the simulator's batch clock; count its requests."""
     from airflow_provider_dialnexa.hooks.dialnexa import close_async_clients
-    from airflow_provider_dialnexa.triggers import _loop as call_module
+    from airflow_provider_dialnexa.triggers import _loop as loop_module
     from airflow_provider_dialnexa.triggers import batch as module
 
     now = [time.time()]
@@ -163,7 +163,7 @@ def measure_wait(sim: Any, batch_id: str) -> dict[str, Any]:
 
         sleep = staticmethod(fake_sleep)
 
-    patches = [(module, "time", Clock()), (module, "asyncio", Loop()), (call_module, "time", Clock())]
+    patches = [(loop_module, "time", Clock()), (loop_module, "asyncio", Loop())]  # the batch trigger's poll loop
     saved = [(target, name, getattr(target, name)) for target, name, _ in patches]
     for target, name, value in patches:
         setattr(target, name, value)

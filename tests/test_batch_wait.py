@@ -28,7 +28,7 @@ from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_c
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaCreateBatchCallOperator, correlation_id_for
 from airflow_provider_dialnexa.sensors.batch import DialNexaBatchSensor
 from airflow_provider_dialnexa.simulator import Fault, Simulator
-from airflow_provider_dialnexa.triggers import batch as batch_trigger_module
+from airflow_provider_dialnexa.triggers import _loop as loop_module
 from airflow_provider_dialnexa.triggers.batch import DialNexaBatchTrigger
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ def batch_clock(monkeypatch: pytest.MonkeyPatch, sim: Simulator) -> FakeClock:
         await clock.sleep(delay, clock.sleeps)
         sim.advance_clock(delay)
 
-    monkeypatch.setattr(batch_trigger_module, "time", _Shim(time, time=clock.time))
-    monkeypatch.setattr(batch_trigger_module, "asyncio", _Shim(asyncio, sleep=sleep))
+    monkeypatch.setattr(loop_module, "asyncio", _Shim(asyncio, sleep=sleep))  # the batch trigger's loop: the shared one
     return clock
 
 

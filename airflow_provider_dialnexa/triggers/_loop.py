@@ -1,8 +1,9 @@
-"""The poll loop both DialNexa triggers share: wait, read once, decide; deadline, failures and backoff in one place.
+"""The poll loop every DialNexa trigger shares: wait, read once, decide; deadline, failures and backoff in one place.
 
-``DialNexaCallTrigger`` (one call) and ``DialNexaWindowTrigger`` (a creation window) differ only in what one
-read is and when it means "done"; how long to wait between reads, what a deadline passing mid-read means and
-how many transient failures a wait survives are the same, so they live here once.
+``DialNexaCallTrigger`` (one call), ``DialNexaWindowTrigger`` (a creation window) and ``DialNexaBatchTrigger`` (a
+batch call) differ only in what one read is and when it means "done"; how long to wait between reads, what a
+deadline passing mid-read means and how many transient failures a wait survives are the same, so they live here
+once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_dialnexa.exceptions import TRANSIENT_KINDS, DialNexaError
 from airflow_provider_dialnexa.policy import PollPolicy
+from airflow_provider_dialnexa.records import mask_numbers
 
 #: Event names a trigger yields (exactly one per run).
 SUCCESS, ERROR, TIMEOUT = "success", "error", "timeout"
@@ -52,6 +54,11 @@ def no_lead() -> float:
     return 0.0
 
 
+def unexpected(exc: Exception) -> str:
+    """The message of an error event for a bug (not a DialNexa error): type and text, numbers masked."""
+    return mask_numbers(f"{type(exc).__name__}: {exc}")
+
+
 def gave_up(exc: DialNexaError, failures: int) -> str:
     """What an error event adds after a transient failure that ended the wait (nothing for a final one)."""
     return f" (gave up after {failures} consecutive failed polls)" if exc.kind in TRANSIENT_KINDS else ""
@@ -67,6 +74,8 @@ class PollLoop(Generic[_T]):
       successful polls so far, this one included).
     * Transient failures (``TRANSIENT_KINDS``) are survived up to ``max_consecutive_failures`` in a row, each
       followed by the next interval; any other failure, or one too many, ends the wait with ``on_error``.
+    * ``progress(seen, polls, next_delay)``, if given, is told of each successful poll before ``done`` (a
+      progress line per poll, with the wait before the next one).
 
     The first wait is ``first_delay``; after poll ``n`` comes interval ``n - 1 + skip`` of ``policy`` (``skip``
     is 1 when the first wait already was interval 0), after a failed poll interval ``n``. ``lead()`` seconds
@@ -83,6 +92,7 @@ class PollLoop(Generic[_T]):
     subject: str
     log: Any
     lead: Callable[[], float] = no_lead
+    progress: Callable[[_T, int, float], None] | None = None
 
     async def run(
         self,
@@ -116,7 +126,9 @@ class PollLoop(Generic[_T]):
                 continue
             failures = 0
             polls += 1
+            delay = self.policy.interval(polls - 1 + self.skip)
+            if self.progress is not None:
+                self.progress(seen, polls, delay)
             event = done(seen, polls)
             if event is not None:
                 return event
-            delay = self.policy.interval(polls - 1 + self.skip)

@@ -1,9 +1,8 @@
-"""DialNexaBatchTrigger: wait, in the triggerer, until a DialNexa batch call (campaign) has ended."""
+"""DialNexaBatchTrigger: wait, in the triggerer, until a DialNexa batch call (campaign) has ended (the shared
+``triggers._loop`` poll loop, with a batch's statuses)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,17 +10,18 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_dialnexa import status as status_
 from airflow_provider_dialnexa._batches import LocateHint, progress, progress_line
-from airflow_provider_dialnexa.exceptions import TRANSIENT_KINDS, DialNexaError, DialNexaMalformedResponseError
+from airflow_provider_dialnexa.exceptions import DialNexaError, DialNexaMalformedResponseError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import PollPolicy
-from airflow_provider_dialnexa.triggers.dialnexa import (
+from airflow_provider_dialnexa.triggers._loop import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ERROR,
     EVENT_NAMES,
     SUCCESS,
     TIMEOUT,
-    DeadlinePassed,
-    before_deadline,
+    PollLoop,
+    gave_up,
+    unexpected,
 )
 
 #: A batch runs for minutes to hours and may wait hours behind another batch: poll every 30 s at first,
@@ -108,60 +108,31 @@ class DialNexaBatchTrigger(BaseTrigger):
             event = self._event(ERROR, kind=exc.kind, message=str(exc))
         except Exception as exc:  # a bug must still end the wait with a readable event
             self.log.exception("DialNexa batch trigger for %r failed unexpectedly", self.batch_id)
-            event = self._event(ERROR, kind="error", message=f"{type(exc).__name__}: {exc}")
+            event = self._event(ERROR, kind="error", message=unexpected(exc))
         yield event
 
     async def _wait(self, fetch: Callable[[], Awaitable[dict[str, Any]]]) -> TriggerEvent:
-        """The call trigger's loop, with a batch's statuses: deadline, sleep, read, classify, grow the interval."""
-        polls = failures = 0
-        delay = self._policy.interval(0)  # the task has just looked
+        """The shared poll loop with a batch's statuses: read, log the progress, end on a terminal or stop status."""
         last: dict[str, Any] | None = None
         warned: set[str] = set()
-        while True:
-            if self.end_time is not None:
-                remaining = self.end_time - time.time()
-                if remaining <= 0:
-                    shown = progress_line(last) if last is not None else "status unknown"
-                    return self._event(
-                        TIMEOUT,
-                        message=f"DialNexa batch {self.batch_id!r} had not ended by the deadline ({shown})",
-                        last_status=None if last is None else status_.normalise(last.get("status")),
-                        progress=None if last is None else progress(last),
-                    )
-                delay = min(delay, remaining)
-            await asyncio.sleep(max(0.0, delay))
-            if self.end_time is not None and time.time() >= self.end_time:
-                continue
-            try:
-                record = await before_deadline(self.end_time, fetch())
-                raw = record.get("status")
-                if not isinstance(raw, str) or not raw:
-                    raise DialNexaMalformedResponseError(
-                        f"DialNexa batch {self.batch_id!r}: the record has no 'status'"
-                    )
-            except DeadlinePassed:
-                continue
-            except DialNexaError as exc:
-                failures += 1
-                if exc.kind not in TRANSIENT_KINDS or failures > self.max_consecutive_failures:
-                    message = (
-                        str(exc) if repr(self.batch_id) in str(exc) else f"DialNexa batch {self.batch_id!r}: {exc}"
-                    )
-                    if exc.kind in TRANSIENT_KINDS:
-                        message += f" (gave up after {failures} consecutive failed polls)"
-                    return self._event(ERROR, kind=exc.kind, message=message)
-                self.log.warning(
-                    "Poll %d of DialNexa batch %r failed (%s); polling again", polls + 1, self.batch_id, exc
-                )
-                delay = self._policy.interval(polls)
-                continue
-            failures, polls, last = 0, polls + 1, record
+
+        async def read() -> dict[str, Any]:
+            record = await fetch()
+            raw = record.get("status")
+            if not isinstance(raw, str) or not raw:
+                raise DialNexaMalformedResponseError(f"DialNexa batch {self.batch_id!r}: the record has no 'status'")
+            return record
+
+        def report(record: dict[str, Any], polls: int, wait: float) -> None:
+            line = progress_line(record)
+            self.log.info("DialNexa batch %r %s (poll %d, next in %.0f s)", self.batch_id, line, polls, wait)
+
+        def done(record: dict[str, Any], polls: int) -> TriggerEvent | None:
+            nonlocal last
+            last = record
+            raw = record["status"]
             status = status_.normalise(raw)
             phase = status_.batch_phase(status)
-            delay = self._policy.interval(polls)
-            self.log.info(
-                "DialNexa batch %r %s (poll %d, next in %.0f s)", self.batch_id, progress_line(record), polls, delay
-            )
             if phase is status_.BatchPhase.TERMINAL or status in self.stop_statuses:
                 return self._event(SUCCESS, status=status, raw_status=raw, progress=progress(record))
             if phase is status_.BatchPhase.PAUSED:
@@ -174,6 +145,32 @@ class DialNexaBatchTrigger(BaseTrigger):
                 self.log.warning(
                     "DialNexa batch %r has undocumented status %r; treating it as not ended", self.batch_id, raw
                 )
+            return None
+
+        def on_timeout() -> TriggerEvent:
+            shown = progress_line(last) if last is not None else "status unknown"
+            return self._event(
+                TIMEOUT,
+                message=f"DialNexa batch {self.batch_id!r} had not ended by the deadline ({shown})",
+                last_status=None if last is None else status_.normalise(last.get("status")),
+                progress=None if last is None else progress(last),
+            )
+
+        def on_error(exc: DialNexaError, failures: int) -> TriggerEvent:
+            message = str(exc) if repr(self.batch_id) in str(exc) else f"DialNexa batch {self.batch_id!r}: {exc}"
+            return self._event(ERROR, kind=exc.kind, message=message + gave_up(exc, failures))
+
+        loop: PollLoop[dict[str, Any]] = PollLoop(
+            self._policy,
+            self.end_time,
+            self.max_consecutive_failures,
+            first_delay=self._policy.interval(0),  # the task has just looked
+            skip=1,
+            subject=f"DialNexa batch {self.batch_id!r}",
+            log=self.log,
+            progress=report,
+        )
+        return await loop.run(read, done, on_timeout, on_error)
 
 
 def validate_batch_event(event: Any, batch_id: str | None = None) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from airflow_provider_dialnexa.exceptions import (
 )
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
-from airflow_provider_dialnexa.records import mask_numbers
 from airflow_provider_dialnexa.triggers._loop import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ERROR,
@@ -38,6 +37,7 @@ from airflow_provider_dialnexa.triggers._loop import (
     before_deadline,
     gave_up,
     no_lead,
+    unexpected,
 )
 
 __all__ = [
@@ -58,11 +58,6 @@ __all__ = [
 ]
 
 _Fetch = Callable[[str], Awaitable[dict[str, Any]]]
-
-
-def _unexpected(exc: Exception) -> str:
-    """The message of an error event for a bug (not a DialNexa error): type and text, numbers masked."""
-    return mask_numbers(f"{type(exc).__name__}: {exc}")
 
 
 class DialNexaCallTrigger(BaseTrigger):
@@ -165,7 +160,7 @@ class DialNexaCallTrigger(BaseTrigger):
             event = self._event(ERROR, kind=exc.kind, message=str(exc))
         except Exception as exc:  # a bug must still end the wait with a readable event, not a crash
             self.log.exception("DialNexa trigger for call %r failed unexpectedly", self.call_id)
-            event = self._event(ERROR, kind="error", message=_unexpected(exc))
+            event = self._event(ERROR, kind="error", message=unexpected(exc))
         yield event
 
     async def _wait(self, fetch: _Fetch, lead: Callable[[], float]) -> TriggerEvent:
@@ -348,7 +343,7 @@ class DialNexaWindowTrigger(BaseTrigger):
             event = self._event(ERROR, self.mode, kind=exc.kind, message=str(exc))
         except Exception as exc:  # a bug must still end the wait with a readable event
             self.log.exception("DialNexa window trigger failed unexpectedly")
-            event = self._event(ERROR, self.mode, kind="error", message=_unexpected(exc))
+            event = self._event(ERROR, self.mode, kind="error", message=unexpected(exc))
         yield event
 
     async def _probe(self, hook: DialNexaHook) -> str:
