@@ -53,6 +53,25 @@ def trigger_timeout_kwargs() -> dict[str, Any]:
     return {"error": "Trigger/execution timeout"}  # what 2.11's scheduler writes (check_trigger_timeouts)
 
 
+def trigger_failure_kwargs() -> dict[str, Any]:
+    """``next_kwargs`` Airflow's triggerer stores when a trigger fails (``Trigger.submit_failure``)."""
+    traceback = ["Traceback (most recent call last):\n", "RuntimeError: the triggerer could not run the trigger\n"]
+    if AIRFLOW_V_3:
+        from airflow.sdk.bases.operator import TriggerFailureReason
+
+        return {"error": TriggerFailureReason.TRIGGER_FAILURE, "traceback": traceback}
+    return {"error": "Trigger failure", "traceback": traceback}
+
+
+def task_deferral_error() -> type[Exception]:
+    """What a task resumed after its trigger failed raises (``TaskDeferralError``, spelled per line)."""
+    if AIRFLOW_V_3:
+        from airflow.sdk.exceptions import TaskDeferralError
+    else:  # pragma: no cover - Airflow 2.11 leg
+        from airflow.exceptions import TaskDeferralError  # type: ignore[no-redef]
+    return TaskDeferralError
+
+
 def in_any_thread(func: Callable[..., T]) -> Callable[..., T]:
     """``func`` (e.g. ``operator.execute``) made callable from a thread other than the main one.
 
@@ -147,5 +166,7 @@ __all__ = [
     "in_any_thread",
     "return_values",
     "serialize",
+    "task_deferral_error",
+    "trigger_failure_kwargs",
     "trigger_timeout_kwargs",
 ]

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from _clock import FakeClock, _Shim, drive_time
-from _compat import TRIGGER_FAIL_REPR, capture_logs, deserialize, serialize, trigger_timeout_kwargs
+from _compat import (
+    TRIGGER_FAIL_REPR,
+    capture_logs,
+    deserialize,
+    serialize,
+    task_deferral_error,
+    trigger_failure_kwargs,
+    trigger_timeout_kwargs,
+)
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
 from airflow_provider_dialnexa.exceptions import (
@@ -261,6 +269,12 @@ def test_resume_failures_and_soft_fail(
         task.resume_execution(next_method, next_kwargs, CONTEXT)
     if skips:
         assert isinstance(info.value.__cause__, error)
+
+
+def test_soft_fail_does_not_skip_a_trigger_failure_of_the_batch_sensor() -> None:
+    """As for the call sensor (the one ``_wait.OutcomeSensor``): the triggerer failing to run the trigger fails."""
+    with pytest.raises(task_deferral_error()):
+        sensor("batch_x1", soft_fail=True).resume_execution(TRIGGER_FAIL_REPR, trigger_failure_kwargs(), CONTEXT)
 
 
 def test_resume_success_returns_the_progress() -> None:

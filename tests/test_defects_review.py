@@ -23,7 +23,14 @@ from typing import Any, cast
 
 import pytest
 from _clock import drive_time
-from _compat import AIRFLOW_V_3, TRIGGER_FAIL_REPR, capture_logs, dag_bag
+from _compat import (
+    AIRFLOW_V_3,
+    TRIGGER_FAIL_REPR,
+    capture_logs,
+    dag_bag,
+    task_deferral_error,
+    trigger_failure_kwargs,
+)
 from airflow.providers.common.compat.sdk import AirflowException, AirflowSensorTimeout, AirflowSkipException
 from conftest import FakeClock, only_event
 
@@ -359,23 +366,9 @@ async def test_a_triggerer_picks_up_a_raised_rate_after_the_connection_ttl(
 # -- 8. soft_fail never skips a trigger failure or another error raised on resume -----------------------------------
 
 
-def trigger_failure_kwargs() -> dict[str, Any]:
-    """``next_kwargs`` Airflow's triggerer stores when a trigger fails (``Trigger.submit_failure``)."""
-    traceback = ["Traceback (most recent call last):\n", "RuntimeError: the triggerer could not run the trigger\n"]
-    if AIRFLOW_V_3:
-        from airflow.sdk.bases.operator import TriggerFailureReason
-
-        return {"error": TriggerFailureReason.TRIGGER_FAILURE, "traceback": traceback}
-    return {"error": "Trigger failure", "traceback": traceback}
-
-
 def test_soft_fail_does_not_skip_a_trigger_failure() -> None:
-    if AIRFLOW_V_3:
-        from airflow.sdk.exceptions import TaskDeferralError
-    else:
-        from airflow.exceptions import TaskDeferralError  # type: ignore[no-redef]
     sensor = DialNexaCallSensor(task_id="wait", call_id="call_abc123", deferrable=True, soft_fail=True)
-    with pytest.raises(TaskDeferralError):
+    with pytest.raises(task_deferral_error()):
         sensor.resume_execution(TRIGGER_FAIL_REPR, trigger_failure_kwargs(), CONTEXT)
 
 

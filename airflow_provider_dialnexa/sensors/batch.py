@@ -7,12 +7,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import (
-    AirflowSensorTimeout,
-    AirflowSkipException,
-    BaseSensorOperator,
-    PokeReturnValue,
-)
+from airflow.providers.common.compat.sdk import AirflowSensorTimeout, PokeReturnValue
 
 from airflow_provider_dialnexa import status as status_
 from airflow_provider_dialnexa._batch_wait import (
@@ -24,10 +19,8 @@ from airflow_provider_dialnexa._batch_wait import (
     ended_batch,
 )
 from airflow_provider_dialnexa._batches import progress_line, validate_batch_id
-from airflow_provider_dialnexa._wait import check_wait_options
-from airflow_provider_dialnexa.exceptions import DialNexaBatchFailedError, DialNexaError, DialNexaWaitTimeoutError
+from airflow_provider_dialnexa._wait import OutcomeSensor, check_wait_options
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.sensors.dialnexa import _AIRFLOW2_DEFERRAL_TIMEOUT, _TRIGGER_FAIL
 from airflow_provider_dialnexa.triggers.batch import DEFAULT_BATCH_MAX_POLL_INTERVAL
 from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
@@ -38,7 +31,7 @@ if TYPE_CHECKING:
 DEFAULT_BATCH_POKE_INTERVAL = 60.0
 
 
-class DialNexaBatchSensor(BaseSensorOperator):
+class DialNexaBatchSensor(OutcomeSensor):
     """Wait until a DialNexa batch has ended; push ``{"batch_id", "status", "total", "progress"}`` to XCom.
 
     ``completed`` and ``cancelled`` count as success (the calls made are data to load); ``deleted`` and
@@ -100,35 +93,11 @@ class DialNexaBatchSensor(BaseSensorOperator):
             self.log.warning("DialNexa batch %r has undocumented status %r; still waiting", self.batch_id, status)
         return PokeReturnValue(False)
 
-    def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
-        try:
-            first = self.poke(context)
-        except DialNexaBatchFailedError as exc:  # as in poke mode: soft_fail/never_fail skip a declared failure
-            if self.soft_fail or getattr(self, "never_fail", False):
-                raise AirflowSkipException(f"Skipping due to soft_fail: {exc}") from exc
-            raise
-        if first.is_done:
-            return first.xcom_value
-        self.defer(**batch_deferral(self, self.batch_id, self.poke_interval))
+    def _subject(self) -> str:
+        return f"DialNexa batch {self.batch_id!r}"
 
-    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        """Resume after the trigger, where ``soft_fail`` skips only a timeout or a ``failure_statuses`` match
-        (see ``DialNexaCallSensor.resume_execution``: Airflow would skip on any error)."""
-        if next_method == _TRIGGER_FAIL and (next_kwargs or {}).get("error") == _AIRFLOW2_DEFERRAL_TIMEOUT:
-            timeout = AirflowSensorTimeout(f"DialNexa batch {self.batch_id!r} did not end within the sensor's timeout")
-            if self.soft_fail:
-                raise AirflowSkipException(f"Skipping due to soft_fail: {timeout}") from timeout
-            raise timeout
-        try:
-            return super().resume_execution(next_method, next_kwargs, context)
-        except AirflowSkipException as skip:
-            error = skip.__cause__
-            skippable = (DialNexaBatchFailedError, DialNexaWaitTimeoutError)
-            if self.soft_fail and isinstance(error, DialNexaError) and not isinstance(error, skippable):
-                raise error from None
-            raise
+    def _deferral(self) -> dict[str, Any]:
+        return batch_deferral(self, self.batch_id, self.poke_interval)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: return the XCom, or raise the typed error the event stands for."""
