@@ -92,7 +92,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": integration,
-                "python-modules": [modules.format("operators"), "airflow_provider_dialnexa.operators.batch"],
+                "python-modules": [
+                    modules.format("operators"),
+                    "airflow_provider_dialnexa.operators.batch",
+                    "airflow_provider_dialnexa.operators.export",
+                ],
             }
         ],
         "triggers": [

@@ -35,7 +35,7 @@ from airflow_provider_dialnexa.exceptions import (
 )
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.operators import dialnexa as operator_module
+from airflow_provider_dialnexa.operators import export as export_module
 from airflow_provider_dialnexa.operators.dialnexa import (
     DialNexaCreateCallOperator,
     DialNexaExportCallsOperator,
@@ -138,13 +138,13 @@ def test_the_export_streams_with_memory_flat(sim: Simulator, tmp_path: Path, mon
 
     monkeypatch.setattr(DialNexaHook, "_get", counting_get)
     asked_when_written: list[int] = []
-    real_to_json = operator_module._to_json
+    real_to_json = export_module._to_json
 
     def to_json(record: Any) -> str:
         asked_when_written.append(len(asked))
         return real_to_json(record)
 
-    monkeypatch.setattr(operator_module, "_to_json", to_json)
+    monkeypatch.setattr(export_module, "_to_json", to_json)
     target = tmp_path / "calls.jsonl"
     op = DialNexaExportCallsOperator(
         task_id="export",
