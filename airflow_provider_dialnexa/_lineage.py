@@ -8,7 +8,7 @@ Naming (OpenLineage's naming spec):
   (``https://api.dialnexa.com``, or your proxy's URL), name ``calls`` (the ``/v1/calls`` resource). One dataset
   for every window, filter and call: a name per window or per call would add a node to the lineage graph
   for every run.
-- The export file: object storage as ``<scheme>://<bucket>`` + key (``s3://bucket``, ``calls/x.jsonl``), local
+- An export's file: object storage as ``<scheme>://<bucket>`` + key (``s3://bucket``, ``calls/x.jsonl``), local
   files as ``file`` + absolute path, the same names Airflow's ``file`` asset converter gives.
 """
 
@@ -53,8 +53,9 @@ def calls_lineage(base_url: str | None, *, created: bool) -> OperatorLineage:
     return OperatorLineage(outputs=calls) if created else OperatorLineage(inputs=calls)
 
 
-def export_lineage(base_url: str | None, summary: Mapping[str, Any] | None) -> OperatorLineage:
-    """DialNexa's calls in, the written file out with its row count; only what the run got to."""
+def export_lineage(base_url: str | None, summary: Mapping[str, Any] | None, rows_key: str = "calls") -> OperatorLineage:
+    """DialNexa's calls in, the written file out with its row count (``summary[rows_key]``); only what the run
+    got to."""
     from airflow.providers.common.compat.openlineage.facet import (
         OutputDataset,
         OutputStatisticsOutputDatasetFacet,
@@ -63,7 +64,7 @@ def export_lineage(base_url: str | None, summary: Mapping[str, Any] | None) -> O
     lineage = calls_lineage(base_url, created=False)
     if summary is not None:
         namespace, name = storage_location(str(summary["path"]))
-        statistics = OutputStatisticsOutputDatasetFacet(rowCount=int(summary["calls"]))
+        statistics = OutputStatisticsOutputDatasetFacet(rowCount=int(summary[rows_key]))
         lineage.outputs.append(
             OutputDataset(namespace=namespace, name=name, outputFacets={"outputStatistics": statistics})
         )

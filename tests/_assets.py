@@ -1,4 +1,5 @@
-"""Asset events (dataset events on Airflow 2.11) as the metadata DB holds them, read the same way on both lines."""
+"""Asset events (dataset events on Airflow 2.11) as the metadata DB and a task's accessor hold them, and an operator's
+OpenLineage facets as the provider's listener gets them; read the same way on both lines."""
 
 from __future__ import annotations
 
@@ -61,3 +62,38 @@ def recorded_events() -> list[Event]:
     assert settings.engine is not None
     with settings.engine.connect() as conn:
         return as_events([tuple(row) for row in conn.execute(text(EVENTS_SQL))])
+
+
+def outlet_events() -> Any:
+    """The ``outlet_events`` accessor a real task gets (Airflow 3: Task SDK; 2.11: airflow.utils.context)."""
+    if AIRFLOW_V_3:
+        from airflow.sdk.execution_time.context import OutletEventAccessors
+
+        return OutletEventAccessors()
+    from airflow.utils.context import OutletEventAccessors as Accessors2  # type: ignore[attr-defined]
+
+    return Accessors2()
+
+
+def alias_events_of(accessor: Any) -> list[dict[str, Any]]:
+    """The alias events one accessor of ``outlet_events`` holds, as dicts."""
+    import attrs
+
+    raw = accessor.asset_alias_events if AIRFLOW_V_3 else accessor.dataset_alias_events
+    return [attrs.asdict(e) if attrs.has(type(e)) else dict(e) for e in raw]
+
+
+def facets(operator: Any) -> Any:
+    """The operator's lineage as the OpenLineage provider's listener gets it (its extractor, its checks)."""
+    from airflow.providers.openlineage.extractors.base import DefaultExtractor
+    from airflow.providers.openlineage.extractors.manager import ExtractorManager
+
+    assert ExtractorManager().get_extractor_class(operator) is DefaultExtractor
+    lineage = DefaultExtractor(operator).extract_on_complete(task_instance=None)
+    assert lineage is not None, "the extractor swallowed an exception from get_openlineage_facets_on_complete"
+    return lineage
+
+
+def names(datasets: list[Any]) -> list[tuple[str, str]]:
+    """``(namespace, name)`` of each OpenLineage dataset."""
+    return [(d.namespace, d.name) for d in datasets]

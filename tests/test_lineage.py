@@ -16,11 +16,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from _assets import recorded_events
+from _assets import alias_events_of, facets, names, outlet_events, recorded_events
 from _compat import AIRFLOW_V_3, dag_bag, return_values
 from airflow.providers.common.compat.sdk import DAG, Asset, AssetAlias, TaskGroup
-from airflow.providers.openlineage.extractors.base import DefaultExtractor
-from airflow.providers.openlineage.extractors.manager import ExtractorManager
 
 from airflow_provider_dialnexa._lineage import storage_location
 from airflow_provider_dialnexa.exceptions import DialNexaAuthError
@@ -51,18 +49,6 @@ def seed(sim: Simulator, n: int, **options: Any) -> None:
 
 def requests(sim: Simulator) -> int:
     return int(sim.stats()["requests"])
-
-
-def facets(operator: Any) -> Any:
-    """The operator's lineage as the OpenLineage provider's listener gets it (its extractor, its checks)."""
-    assert ExtractorManager().get_extractor_class(operator) is DefaultExtractor
-    lineage = DefaultExtractor(operator).extract_on_complete(task_instance=None)
-    assert lineage is not None, "the extractor swallowed an exception from get_openlineage_facets_on_complete"
-    return lineage
-
-
-def names(datasets: list[Any]) -> list[tuple[str, str]]:
-    return [(d.namespace, d.name) for d in datasets]
 
 
 # -- the alias: declared when the DAG is parsed ----------------------------------------------------------
@@ -166,24 +152,6 @@ def test_a_templated_destination_adds_one_alias_event_for_the_rendered_file(
     assert uri == f"file://{target}"
     assert event["source_alias_name"] == "dialnexa-export/templated_export/export"
     assert json.loads(json.dumps(event["extra"])) == summary
-
-
-def outlet_events() -> Any:
-    """The ``outlet_events`` accessor a real task gets (Airflow 3: Task SDK; 2.11: airflow.utils.context)."""
-    if AIRFLOW_V_3:
-        from airflow.sdk.execution_time.context import OutletEventAccessors
-
-        return OutletEventAccessors()
-    from airflow.utils.context import OutletEventAccessors as Accessors2  # type: ignore[attr-defined]
-
-    return Accessors2()
-
-
-def alias_events_of(accessor: Any) -> list[dict[str, Any]]:
-    import attrs
-
-    raw = accessor.asset_alias_events if AIRFLOW_V_3 else accessor.dataset_alias_events
-    return [attrs.asdict(e) if attrs.has(type(e)) else dict(e) for e in raw]
 
 
 # -- OpenLineage ----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from _clock import drive_time
 from _compat import capture_logs
 from conftest import FakeClock
 
+from airflow_provider_dialnexa import _export_file as export_module
 from airflow_provider_dialnexa import _placement as placement_module
 from airflow_provider_dialnexa import policy
 from airflow_provider_dialnexa._placement import CORRELATION_KEY
@@ -35,7 +36,6 @@ from airflow_provider_dialnexa.exceptions import (
 )
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.operators import export as export_module
 from airflow_provider_dialnexa.operators.dialnexa import (
     DialNexaCreateCallOperator,
     DialNexaExportCallsOperator,

@@ -7,17 +7,13 @@ can be imported first.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import json
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_dialnexa import status as status_
 from airflow_provider_dialnexa._batch_wait import (
@@ -38,9 +34,9 @@ from airflow_provider_dialnexa._batches import (
     validate_batch_id,
     warning_of,
 )
-from airflow_provider_dialnexa._export_assets import asset_for
+from airflow_provider_dialnexa._export_file import ExportOperator, JsonLinesFile
 from airflow_provider_dialnexa._wait import check_wait_options
-from airflow_provider_dialnexa.exceptions import DialNexaConfigError, DialNexaError, DialNexaWaitTimeoutError
+from airflow_provider_dialnexa.exceptions import DialNexaError, DialNexaWaitTimeoutError
 from airflow_provider_dialnexa.hooks._batch import CALL_LOG_PAGE
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.records import field_options, shape_record
@@ -49,8 +45,6 @@ from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-#: One JSON line per record, compact and UTF-8.
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 RECORDS_CHOICES = ("attempts", "leads")
 
 
@@ -230,7 +224,7 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
         return DialNexaWaitTimeoutError(message, conn_id=self.dialnexa_conn_id)
 
 
-class DialNexaExportBatchCallsOperator(BaseOperator):
+class DialNexaExportBatchCallsOperator(ExportOperator):
     """Write every call log of one batch (retry children included) to one JSON Lines file, exactly once.
 
     Records stream from ``GET /v1/batch-calls/{id}`` (``DialNexaHook.iter_batch_calls``: ``callLogs`` paged
@@ -245,6 +239,11 @@ class DialNexaExportBatchCallsOperator(BaseOperator):
     representative attempt's status either way.
 
     Returns (XCom) ``{"path", "batch_id", "batch_status", "records", "calls", "leads", "statuses", "running"}``.
+    As for ``DialNexaExportCallsOperator``, every file written is an asset event with that summary as its
+    ``extra``: of the file's own outlet asset for a fixed ``destination``, else of the task's alias
+    ``export_alias(dag_id, task_id)`` (templated, task-output or mapped destinations). OpenLineage (if
+    installed) gets DialNexa's calls as input and the file as output, its row count the lines written
+    (``records``).
 
     :param batch_id: DialNexa batch id (templated; e.g. ``create.output["batch_id"]``).
     :param destination: Target file URL or path (templated).
@@ -256,6 +255,7 @@ class DialNexaExportBatchCallsOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("batch_id", "destination", "dialnexa_conn_id")
     ui_color = "#e0f2fe"
+    rows_key = "records"
 
     def __init__(
         self,
@@ -271,13 +271,11 @@ class DialNexaExportBatchCallsOperator(BaseOperator):
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
-        if isinstance(destination, str) and not _is_template(destination) and not kwargs.get("outlets"):
-            asset = asset_for(destination)
-            if asset is not None:
-                kwargs["outlets"] = [asset]
+        self.export_outlets(destination, kwargs)
         super().__init__(**kwargs)
         self.batch_id = batch_id
         self.destination = destination
+        self.asset_alias = self._own_alias()
         self.records = records
         self.require_ended = require_ended
         self.include_fields, self.exclude_fields = field_options(self.task_id, include_fields, exclude_fields)
@@ -307,50 +305,26 @@ class DialNexaExportBatchCallsOperator(BaseOperator):
                 "written. Wait for it first (DialNexaBatchSensor, or wait_for_completion=True on the create task), "
                 "or set require_ended=False to export the calls made so far"
             )
-        path = ObjectStoragePath(self.destination)
-        temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            if path.protocol in ("", "file", "local"):
-                path.parent.mkdir(parents=True, exist_ok=True)
-            raw = temp.open("wb")
-        except Exception as exc:
-            raise DialNexaConfigError(
-                f"Task {self.task_id!r}: cannot write next to destination {str(path)!r} "
-                f"({type(exc).__name__}: {exc}); check the path and the storage permissions"
-            ) from exc
-        committed = False
-        try:
-            with (
-                raw,
-                (
-                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.name.endswith(".gz") else raw
-                ) as out,
-            ):
-                counts = self._write(batch_id, out)
-            temp.rename(path)
-            committed = True
-        finally:
-            if not committed:
-                with contextlib.suppress(Exception):
-                    temp.unlink()
-        result = {"path": str(path), "batch_id": batch_id, "batch_status": batch_status, **counts}
+        with JsonLinesFile(self.destination, task_id=self.task_id, chunk=self.page_size) as out:
+            counts = self._write(batch_id, out)
+            out.commit()
+        result = {"path": str(out.path), "batch_id": batch_id, "batch_status": batch_status, **counts}
         self.log.info(
             "Exported %d call logs (%d leads) of DialNexa batch %r to %s",
             counts["calls"],
             counts["leads"],
             batch_id,
-            path,
+            out.path,
         )
-        return result
+        return self._published(context, result)  # type: ignore[return-value]
 
-    def _write(self, batch_id: str, out: Any) -> dict[str, Any]:
+    def _write(self, batch_id: str, out: JsonLinesFile) -> dict[str, Any]:
         """Stream the batch's call logs to ``out``; returns the counts for XCom."""
         best: dict[str, tuple[tuple[bool, str, str], Any]] = {}  # lead -> (order, record if leads mode else status)
         attempts: Counter[str] = Counter()
         calls = running = 0
         keep = self.records == "leads"
         shape = self.include_fields is not None or self.exclude_fields is not None or self.mask_phone_numbers
-        lines: list[bytes] = []
         ended: dict[Any, tuple[bool, str]] = {}  # raw status -> (ended?, normalised): once per distinct value
         for record in self.hook.iter_batch_calls(batch_id, page_size=self.page_size):
             calls += 1
@@ -367,17 +341,10 @@ class DialNexaExportBatchCallsOperator(BaseOperator):
                 best[lead] = (order, record if keep else known[1])
             if keep:
                 continue
-            lines.append(_to_json(self._shaped(record) if shape else record).encode())
-            if len(lines) >= self.page_size:
-                out.write(b"\n".join(lines) + b"\n")
-                lines.clear()
+            out.write(self._shaped(record) if shape else record)
         if keep:
             for lead, (_, record) in best.items():
-                lines.append(
-                    _to_json({**(self._shaped(record) if shape else record), "lead_attempts": attempts[lead]}).encode()
-                )
-        if lines:
-            out.write(b"\n".join(lines) + b"\n")
+                out.write({**(self._shaped(record) if shape else record), "lead_attempts": attempts[lead]})
         statuses: Counter[str] = Counter(
             status_.normalise(value.get("status")) if keep else value for _, value in best.values()
         )

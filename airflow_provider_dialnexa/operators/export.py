@@ -5,30 +5,20 @@ Also importable from ``airflow_provider_dialnexa.operators.dialnexa``, where it 
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
-
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._export_assets import asset_for as _asset_for
 from airflow_provider_dialnexa._export_assets import export_alias as export_alias  # public: schedule on it
-from airflow_provider_dialnexa._export_assets import record_export_event
-from airflow_provider_dialnexa._lineage import export_lineage, resolved_base_url
+from airflow_provider_dialnexa._export_file import ExportOperator, JsonLinesFile
 from airflow_provider_dialnexa._paging import as_utc, check_literal_filters, filter_items, iso_utc
-from airflow_provider_dialnexa._storage import missing_filesystem_hint
 from airflow_provider_dialnexa._validation import arrives_at_run_time
 from airflow_provider_dialnexa._wait import DEFAULT_CALL_TIMEOUT, check_wait_options
 from airflow_provider_dialnexa.exceptions import (
-    DialNexaConfigError,
     DialNexaError,
     DialNexaWaitTimeoutError,
     error_from_event,
@@ -45,14 +35,11 @@ from airflow_provider_dialnexa.triggers.dialnexa import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context, XComArg
-    from airflow.providers.openlineage.extractors import OperatorLineage
 
 ON_TIMEOUT_CHOICES = ("fail", "export", "export_ended")
-#: One JSON line per record, compact and UTF-8 (one encoder for every record, not one per call).
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-class DialNexaExportCallsOperator(BaseOperator):
+class DialNexaExportCallsOperator(ExportOperator):
     """Write every call created in a window (default: the run's data interval) to one JSON Lines file.
 
     Made for scheduled call-outcome ETL: ``schedule="@hourly"`` plus this operator exports exactly the calls
@@ -89,8 +76,6 @@ class DialNexaExportCallsOperator(BaseOperator):
     template_fields: Sequence[str] = ("destination", "window_start", "window_end", "filters", "dialnexa_conn_id")
     template_fields_renderers = {"filters": "json"}
     ui_color = "#e0f2fe"
-    #: The summary of the last export this instance wrote (what lineage reports; set by ``execute``).
-    _summary: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -112,13 +97,10 @@ class DialNexaExportCallsOperator(BaseOperator):
         page_size: int = MAX_LIST_LIMIT,
         **kwargs: Any,
     ) -> None:
-        if isinstance(destination, str) and not arrives_at_run_time(destination) and not kwargs.get("outlets"):
-            asset = _asset_for(destination)
-            if asset is not None:
-                kwargs["outlets"] = [asset]
+        self.export_outlets(destination, kwargs)
         super().__init__(**kwargs)
         # Any: templates and task output are replaced by their rendered values before execute
-        self.destination: Any = destination
+        self.destination = destination
         self.asset_alias = self._own_alias()
         self.window_start: Any = window_start
         self.window_end: Any = window_end
@@ -155,52 +137,7 @@ class DialNexaExportCallsOperator(BaseOperator):
     def hook(self) -> DialNexaHook:
         return DialNexaHook(self.dialnexa_conn_id)
 
-    # -- asset events and lineage -------------------------------------------------------------------
-
-    @classmethod
-    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
-        """``BaseOperator.partial`` plus the export alias in ``outlets``: a mapped task's files are known only at
-        run time, and Airflow reads a mapped task's outlets from these arguments when it parses the DAG."""
-        partial = super().partial(**kwargs)
-        dag = partial.kwargs.get("dag")
-        if dag is not None:
-            alias = export_alias(dag.dag_id, partial.kwargs["task_id"])
-            outlets = list(partial.kwargs.get("outlets") or [])
-            partial.kwargs["outlets"] = outlets if alias in outlets else [*outlets, alias]
-        return partial
-
-    def _own_alias(self) -> Any:
-        """The task's export alias, in its outlets: added here for a templated destination, by ``partial`` for a
-        mapped task; None for a fixed destination (its own outlet asset carries the event) or without a DAG."""
-        if not self.has_dag():
-            return None
-        alias = export_alias(self.dag_id, self.task_id)
-        if alias in self.outlets:
-            return alias
-        if not arrives_at_run_time(self.destination):
-            return None
-        self.outlets = [*self.outlets, alias]
-        return alias
-
-    def _published(self, context: Context, summary: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Keep the summary for lineage and put it on the asset event of the file written."""
-        if summary is not None:
-            self._summary = summary
-            asset = record_export_event(context, self.outlets, self.asset_alias, summary)
-            if asset is not None:
-                self.log.info("Asset event for %s (alias %s)", asset.uri, getattr(self.asset_alias, "name", None))
-        return summary
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
-        """OpenLineage: DialNexa's calls in, the written file out with its row count; from what ``execute`` kept."""
-        return export_lineage(resolved_base_url(vars(self).get("hook")), self._summary)
-
     # -- window, destination ------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_destination(destination: object) -> None:
-        if not isinstance(destination, str) or not destination.strip():
-            raise ValueError(f"destination must be a file URL or path, got {destination!r:.80}")
 
     def _checked(self, context: Context) -> tuple[str, str]:
         """The rendered fields checked as literals are at parse time (same messages); the window as ISO strings."""
@@ -238,9 +175,6 @@ class DialNexaExportCallsOperator(BaseOperator):
             )
         DialNexaHook.check_list_arguments(bounds[0], bounds[1], **self.filters)
         return bounds[0], bounds[1]
-
-    def _path(self) -> ObjectStoragePath:
-        return ObjectStoragePath(self.destination)
 
     def _running_statuses(self) -> list[str] | None:
         """Status values the trigger asks for: the running ones among the user's status filter (None: all)."""
@@ -303,71 +237,42 @@ class DialNexaExportCallsOperator(BaseOperator):
     def _export(
         self, start: str, end: str, *, stop_at_running: bool = False, timed_out: bool = False
     ) -> dict[str, Any] | None:
-        """Stream the window to a temporary object and move it into place; None if a running call stopped it.
+        """Stream the window to a temporary object moved into place once complete; None if a running call stopped it.
 
         With ``stop_at_running`` the first running call ends the listing (the task will wait). With
         ``timed_out`` running calls are handled per ``on_timeout``.
         """
-        try:
-            path = self._path()
-            temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-            if path.protocol in ("", "file", "local"):
-                path.parent.mkdir(parents=True, exist_ok=True)
-            raw = temp.open("wb")
-        except Exception as exc:  # before any request: nothing listed yet
-            fix = missing_filesystem_hint(str(self.destination), exc) or "check the path and the storage permissions"
-            raise DialNexaConfigError(
-                f"Task {self.task_id!r}: cannot write next to destination {str(self.destination)!r} "
-                f"({type(exc).__name__}: {exc}); {fix}"
-            ) from exc
         raw_counts: dict[Any, int] = {}  # by status as sent; normalised once per distinct value at the end
         ended: dict[Any, bool] = {}
         running: list[str] = []
         drop_running = timed_out and self.on_timeout == "export_ended"
         shape = self.include_fields is not None or self.exclude_fields is not None or self.mask_phone_numbers
-        committed = False
-        try:
-            with (
-                raw,
-                (
-                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.name.endswith(".gz") else raw
-                ) as out,
-            ):
-                lines: list[bytes] = []  # one write per page: each write through object storage has a cost
-                for record in self.hook.iter_calls(start, end, page_size=self.page_size, **self.filters):
-                    raw_status = record.get("status")
-                    is_ended = ended.get(raw_status)
-                    if is_ended is None:
-                        is_ended = ended[raw_status] = call_status.is_terminal(raw_status)
-                    if not is_ended:
-                        running.append(str(record["id"]))
-                        if stop_at_running:
-                            return None
-                        if drop_running:
-                            continue
-                    raw_counts[raw_status] = raw_counts.get(raw_status, 0) + 1
-                    if shape:
-                        record = shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
-                    lines.append(_to_json(record).encode())
-                    if len(lines) == self.page_size:
-                        out.write(b"\n".join(lines) + b"\n")
-                        lines.clear()
-                if lines:
-                    out.write(b"\n".join(lines) + b"\n")
+        with JsonLinesFile(self.destination, task_id=self.task_id, chunk=self.page_size) as out:
+            for record in self.hook.iter_calls(start, end, page_size=self.page_size, **self.filters):
+                raw_status = record.get("status")
+                is_ended = ended.get(raw_status)
+                if is_ended is None:
+                    is_ended = ended[raw_status] = call_status.is_terminal(raw_status)
+                if not is_ended:
+                    running.append(str(record["id"]))
+                    if stop_at_running:
+                        return None
+                    if drop_running:
+                        continue
+                raw_counts[raw_status] = raw_counts.get(raw_status, 0) + 1
+                if shape:
+                    record = shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
+                out.write(record)
             if running and timed_out and self.on_timeout == "fail":
                 raise DialNexaWaitTimeoutError(
                     f"Task {self.task_id!r}: {len(running)} call(s) created in [{start}, {end}) were still running "
                     f"when the {self.timeout:g} s wait ended (e.g. {', '.join(running[:5])}); nothing was written "
-                    f"to {str(path)!r}. Clear the task once they have ended, raise timeout, or set "
+                    f"to {str(out.path)!r}. Clear the task once they have ended, raise timeout, or set "
                     "on_timeout='export' (write them with their current status) or 'export_ended' (leave them out).",
                     conn_id=self.dialnexa_conn_id,
                 )
-            temp.rename(path)
-            committed = True
-        finally:
-            if not committed:
-                with contextlib.suppress(Exception):
-                    temp.unlink()
+            out.commit()
+        path = out.path
         statuses: Counter[str] = Counter()
         for raw_status, count in raw_counts.items():
             statuses[call_status.normalise(raw_status)] += count
