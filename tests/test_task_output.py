@@ -1,8 +1,9 @@
 """#17 defect 9: templated fields accept task output (``XComArg``, ``upstream()``, ``.output``) at parse time.
 
 Literal values are still checked when the DAG is parsed; values that arrive at run time (task output,
-templates) are checked when the task runs, before any request, with the same message. The DAG
-``tests/dags/dialnexa_task_output.py`` runs through a real ``dag.test()`` against the simulator.
+templates) are checked when the task runs, before any request, with the same message. The DAGs
+``tests/dags/dialnexa_task_output.py`` and ``tests/dags/dialnexa_batch_task_output.py`` (the batch operators)
+run through a real ``dag.test()`` against the simulator.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from _compat import dag_bag, return_values
 from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_dialnexa.exceptions import InvalidPhoneNumberError
-from airflow_provider_dialnexa.operators.dialnexa import DialNexaCreateCallOperator, DialNexaExportCallsOperator
+from airflow_provider_dialnexa.operators.dialnexa import (
+    DialNexaCreateBatchCallOperator,
+    DialNexaCreateCallOperator,
+    DialNexaExportBatchCallsOperator,
+    DialNexaExportCallsOperator,
+)
 from airflow_provider_dialnexa.simulator import Simulator
 
 DAG_ID = "dialnexa_task_output"
@@ -27,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HOUR_START = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
 
 
-def _run(dags: Path, conf: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _run(dags: Path, conf: dict[str, Any], dag_id: str = DAG_ID) -> tuple[Any, dict[str, Any]]:
     bag = dag_bag(str(dags))
     assert bag.import_errors == {}
-    run = bag.dags[DAG_ID].test(run_conf=conf)
+    run = bag.dags[dag_id].test(run_conf=conf)
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    return states, {task_id: by_index[-1] for task_id, by_index in return_values(run.run_id, DAG_ID).items()}
+    return states, {task_id: by_index[-1] for task_id, by_index in return_values(run.run_id, dag_id).items()}
 
 
 def test_the_dag_with_task_output_in_templated_fields_parses() -> None:
@@ -105,4 +111,66 @@ def test_a_number_from_task_output_is_checked_with_the_literal_message(
     with pytest.raises(InvalidPhoneNumberError) as at_run_time:
         op.execute({})  # type: ignore[typeddict-item]
     assert str(at_run_time.value) == str(literal.value)
+    assert dialnexa_conn.stats()["requests"] == 0
+
+
+# -- the batch operators (campaigns) ------------------------------------------------------------------
+
+
+BATCH_DAG_ID = "dialnexa_batch_task_output"
+
+
+def test_task_output_reaches_the_batch_operators_in_a_real_dag_run(
+    dialnexa_conn: Simulator, airflow_db: Path, tmp_path: Path
+) -> None:
+    sim = dialnexa_conn
+    target = tmp_path / "outcomes.jsonl"
+
+    states, xcoms = _run(airflow_db, {"title": "Spring renewals", "destination": str(target)}, BATCH_DAG_ID)
+
+    assert set(states.values()) == {"success"}, states
+    [batch] = sim.batches()
+    assert xcoms["create_batch"]["batch_id"] == batch["id"]
+    assert xcoms["create_batch"]["total"] == 2  # the rows of the upstream task
+    assert batch["title"].startswith("Spring renewals #")  # the title from the upstream task
+    assert xcoms["export"]["path"] == str(target)  # the destination from the upstream task
+    assert len(target.read_text().splitlines()) == xcoms["export"]["records"]
+
+
+def test_bad_batch_values_from_task_output_fail_at_run_time_before_any_request(
+    dialnexa_conn: Simulator, airflow_db: Path, tmp_path: Path
+) -> None:
+    sim = dialnexa_conn
+    conf = {"title": "x" * 36, "destination": str(tmp_path / "x.jsonl")}
+
+    states, _ = _run(airflow_db, conf, BATCH_DAG_ID)
+
+    assert states["create_batch"] == "failed"
+    assert sim.stats()["requests"] == 0
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_batch_values_from_task_output_are_checked_with_the_literal_message(dialnexa_conn: Simulator) -> None:
+    with DAG("dnx_output_batch", schedule=None, start_date=datetime(2026, 1, 1)):
+
+        @task
+        def upstream() -> str:
+            return ""
+
+        create = DialNexaCreateBatchCallOperator(
+            task_id="create", leads=upstream(), title=upstream(), agent_id="agent_1", calling_hours_start=upstream()
+        )
+        export = DialNexaExportBatchCallsOperator(task_id="export", batch_id=upstream(), destination=upstream())
+    with pytest.raises(ValueError, match="title") as literal_title:
+        DialNexaCreateBatchCallOperator(task_id="create", leads=[], title="x" * 36, agent_id="agent_1")
+    with pytest.raises(ValueError, match="destination") as literal_destination:
+        DialNexaExportBatchCallsOperator(task_id="export", batch_id="batch_1", destination="  ")
+    create.title, create.leads, create.calling_hours_start = "x" * 36, [], None  # what rendering gives
+    export.destination, export.batch_id = "  ", "batch_1"
+    with pytest.raises(ValueError, match="title") as title_at_run_time:
+        create.execute({"ti": None})  # type: ignore[typeddict-item]
+    with pytest.raises(ValueError, match="destination") as destination_at_run_time:
+        export.execute({})  # type: ignore[typeddict-item]
+    assert str(title_at_run_time.value) == str(literal_title.value)
+    assert str(destination_at_run_time.value) == str(literal_destination.value)
     assert dialnexa_conn.stats()["requests"] == 0

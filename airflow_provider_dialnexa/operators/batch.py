@@ -35,6 +35,7 @@ from airflow_provider_dialnexa._batches import (
     warning_of,
 )
 from airflow_provider_dialnexa._export_file import ExportOperator, JsonLinesFile
+from airflow_provider_dialnexa._validation import arrives_at_run_time
 from airflow_provider_dialnexa._wait import check_wait_options
 from airflow_provider_dialnexa.exceptions import DialNexaError, DialNexaWaitTimeoutError
 from airflow_provider_dialnexa.hooks._batch import CALL_LOG_PAGE
@@ -43,13 +44,9 @@ from airflow_provider_dialnexa.records import field_options, shape_record
 from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.common.compat.sdk import Context, XComArg
 
 RECORDS_CHOICES = ("attempts", "leads")
-
-
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 class DialNexaCreateBatchCallOperator(BaseOperator):
@@ -105,14 +102,14 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
         self,
         *,
         leads: Any,
-        title: str,
-        agent_id: str,
-        agent_version_number: int | str | None = None,
-        starts_at: datetime | str | None = None,
-        ends_at: datetime | str | None = None,
-        calling_hours_start: str | None = None,
-        calling_hours_end: str | None = None,
-        correlation_id: str | None = None,
+        title: str | XComArg,
+        agent_id: str | XComArg,
+        agent_version_number: int | str | XComArg | None = None,
+        starts_at: datetime | str | XComArg | None = None,
+        ends_at: datetime | str | XComArg | None = None,
+        calling_hours_start: str | XComArg | None = None,
+        calling_hours_end: str | XComArg | None = None,
+        correlation_id: str | XComArg | None = None,
         validate_leads: bool = True,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         wait_for_completion: bool = False,
@@ -125,15 +122,16 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # create.output["batch_id"] works downstream
         super().__init__(**kwargs)
-        self.leads = leads
-        self.title = title
-        self.agent_id = agent_id
-        self.agent_version_number = agent_version_number
-        self.starts_at = starts_at
-        self.ends_at = ends_at
-        self.calling_hours_start = calling_hours_start
-        self.calling_hours_end = calling_hours_end
-        self.correlation_id = correlation_id
+        # Any: templates and task output are replaced by their rendered values before execute
+        self.leads: Any = leads
+        self.title: Any = title
+        self.agent_id: Any = agent_id
+        self.agent_version_number: Any = agent_version_number
+        self.starts_at: Any = starts_at
+        self.ends_at: Any = ends_at
+        self.calling_hours_start: Any = calling_hours_start
+        self.calling_hours_end: Any = calling_hours_end
+        self.correlation_id: Any = correlation_id
         self.validate_leads = validate_leads
         self.dialnexa_conn_id = dialnexa_conn_id
         self.wait_for_completion = wait_for_completion
@@ -142,20 +140,26 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
         self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
         self.max_consecutive_failures = max_consecutive_failures
         self.failure_statuses = batch_failure_statuses(failure_statuses)
-        where = f"Task {self.task_id!r}"
-        try:  # what is literal fails the DAG at parse time
-            if not _is_template(title):
-                check_title(title)
-            schedule = (starts_at, ends_at, calling_hours_start, calling_hours_end)
-            if not any(_is_template(v) for v in schedule):
-                create_fields("t", "a", starts_at=starts_at, ends_at=ends_at, calling_hours_start=calling_hours_start)
-                create_fields("t", "a", calling_hours_end=calling_hours_end)
-            if wait_for_completion:
+        self._check(rendered=False)  # what is literal fails the DAG at parse time
+
+    def _check(self, *, rendered: bool) -> None:
+        """Check title, schedule and wait options: literal ones at parse time, templates and task output once
+        rendered (``rendered=True``, before any request), with the same message."""
+        schedule = (self.starts_at, self.ends_at, self.calling_hours_start, self.calling_hours_end)
+        try:
+            if rendered or not arrives_at_run_time(self.title):
+                check_title(self.title)
+            if rendered or not any(arrives_at_run_time(value) for value in schedule):
+                start, end, hours_start, hours_end = (value or None for value in schedule)
+                create_fields(
+                    "t", "a", starts_at=start, ends_at=end, calling_hours_start=hours_start, calling_hours_end=hours_end
+                )
+            if self.wait_for_completion and not rendered:
                 if self.timeout <= 0:
                     raise ValueError(f"timeout must be positive, got {self.timeout}")
                 check_wait_options(self.poll_interval, self.max_poll_interval, None)
         except (ValueError, DialNexaError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise ValueError(f"Task {self.task_id!r}: {exc}") from None
 
     @cached_property
     def hook(self) -> DialNexaHook:
@@ -164,6 +168,7 @@ class DialNexaCreateBatchCallOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_dialnexa.operators.dialnexa import _run_start, _whole_number, correlation_id_for
 
+        self._check(rendered=True)
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
         correlation = self.correlation_id or correlation_id_for(ti.dag_id, ti.run_id, ti.task_id, map_index)
@@ -260,8 +265,8 @@ class DialNexaExportBatchCallsOperator(ExportOperator):
     def __init__(
         self,
         *,
-        batch_id: str,
-        destination: str,
+        batch_id: str | XComArg,
+        destination: str | XComArg,
         records: str = "attempts",
         require_ended: bool = True,
         include_fields: str | Iterable[str] | None = None,
@@ -273,7 +278,7 @@ class DialNexaExportBatchCallsOperator(ExportOperator):
     ) -> None:
         self.export_outlets(destination, kwargs)
         super().__init__(**kwargs)
-        self.batch_id = batch_id
+        self.batch_id: Any = batch_id
         self.destination = destination
         self.asset_alias = self._own_alias()
         self.records = records
@@ -285,8 +290,11 @@ class DialNexaExportBatchCallsOperator(ExportOperator):
         where = f"Task {self.task_id!r}"
         if records not in RECORDS_CHOICES:
             raise ValueError(f"{where}: records must be one of {RECORDS_CHOICES}, got {records!r}")
-        if not isinstance(destination, str) or not destination.strip():
-            raise ValueError(f"{where}: destination must be a file URL or path, got {destination!r}")
+        try:  # a literal destination now; a template or task output once rendered (execute)
+            if not arrives_at_run_time(destination):
+                self._check_destination(destination)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         if not 1 <= page_size <= CALL_LOG_PAGE:
             raise ValueError(f"{where}: page_size must be between 1 and {CALL_LOG_PAGE}, got {page_size}")
 
@@ -295,6 +303,10 @@ class DialNexaExportBatchCallsOperator(ExportOperator):
         return DialNexaHook(self.dialnexa_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            self._check_destination(self.destination)  # rendered: checked as a literal is, before any request
+        except ValueError as exc:
+            raise ValueError(f"Task {self.task_id!r}: {exc}") from None
         batch_id = validate_batch_id(self.batch_id)
         batch = self.hook.get_batch_call(batch_id)
         batch_status = status_.normalise(batch.get("status"))
