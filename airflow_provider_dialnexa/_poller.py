@@ -23,8 +23,9 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaNotFoundError,
     DialNexaPermissionError,
 )
-from airflow_provider_dialnexa.hooks import dialnexa as hook_module
+from airflow_provider_dialnexa.hooks import _transport as transport
 from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
+from airflow_provider_dialnexa.policy import CONNECTION_TTL
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class BatchPoller:
         self.hook = hook
         self.window = window
         self.batch_size = MAX_LIST_LIMIT
-        #: When (``hook_module._clock()``) the deployment refused List Calls; None while it is allowed.
+        #: When (``transport._clock()``) the deployment refused List Calls; None while it is allowed.
         self.refused_at: float | None = None
         self.users = 0
         self._pending: _Waiters = {}
@@ -60,7 +61,7 @@ class BatchPoller:
         ``CONNECTION_TTL`` ago; after that the next read asks List Calls again (permissions can be fixed
         without restarting the triggerer, as connections can).
         """
-        return self.refused_at is not None and hook_module._clock() - self.refused_at < hook_module.CONNECTION_TTL
+        return self.refused_at is not None and transport._clock() - self.refused_at < CONNECTION_TTL
 
     @property
     def pending(self) -> int:
@@ -139,7 +140,7 @@ class BatchPoller:
                     log.warning(
                         "DialNexa List Calls is not available (%s); polling each call with Get Call instead", exc
                     )
-                self.refused_at = hook_module._clock()
+                self.refused_at = transport._clock()
                 _refused.setdefault(asyncio.get_running_loop(), {})[self.hook.dialnexa_conn_id] = self.refused_at
             except Exception as exc:  # any failure must reach the waiters, or they would wait forever
                 for futures in waiters.values():

@@ -31,6 +31,7 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaNotFoundError,
     DialNexaServerError,
 )
+from airflow_provider_dialnexa.hooks import _transport as transport_module
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import close_async_clients
 from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
@@ -117,7 +118,7 @@ async def test_a_refused_list_calls_is_asked_again_after_the_connection_ttl(
     ``CONNECTION_TTL`` (the clock is moved, not waited for) instead of only after a triggerer restart.
     """
     now = [1000.0]
-    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    monkeypatch.setattr(transport_module, "_clock", lambda: now[0])
     use_connection(monkeypatch, simulator, api_key, polling="batched")
     simulator.configure(list_route="forbidden")
     call_id = endless_call(simulator)
@@ -280,7 +281,7 @@ async def test_a_fixed_connection_is_picked_up_after_the_ttl(
     poll); once the TTL has passed (the clock is moved, not waited for) the next wait reads the new host.
     """
     now = [1000.0]
-    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    monkeypatch.setattr(transport_module, "_clock", lambda: now[0])
     use_connection(monkeypatch, None, api_key)  # nobody listens
     call_id = ended_call(simulator)
 
@@ -306,7 +307,7 @@ async def test_after_the_ttl_an_unchanged_connection_keeps_its_client_and_a_fail
     dial); a lookup that fails for another reason than the connection itself keeps the waits going.
     """
     now = [1000.0]
-    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    monkeypatch.setattr(transport_module, "_clock", lambda: now[0])
     use_connection(monkeypatch, simulator, api_key)
     calls = [ended_call(simulator) for _ in range(3)]
 
@@ -324,7 +325,7 @@ async def test_after_the_ttl_an_unchanged_connection_keeps_its_client_and_a_fail
     async def lookup_fails(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the API server is restarting")
 
-    monkeypatch.setattr(hook_module, "get_async_connection", lookup_fails)
+    monkeypatch.setattr(transport_module, "get_async_connection", lookup_fails)
     now[0] += hook_module.CONNECTION_TTL + 1
     assert (await wait(calls[2]))["event"] == "success"
     assert state.clients[CONN_ID] is client
@@ -338,7 +339,7 @@ async def test_a_replaced_client_closes_only_after_its_request_in_flight(
     request still gets its answer on the old one, which closes right after.
     """
     now = [1000.0]
-    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    monkeypatch.setattr(transport_module, "_clock", lambda: now[0])
     use_connection(monkeypatch, simulator, api_key)
     slow, quick = ended_call(simulator), ended_call(simulator)
     simulator.add_fault(Fault("slow", route="get", call_id=slow, delay_s=4))

@@ -44,6 +44,7 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaServerError,
     DialNexaUnconfirmedCallError,
 )
+from airflow_provider_dialnexa.hooks import _transport as transport_module
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
 from airflow_provider_dialnexa.operators.dialnexa import DialNexaCreateCallOperator
@@ -166,7 +167,7 @@ def test_operator_logs_mask_the_number_of_a_429_it_sent_again(
 ) -> None:
     use_connection(monkeypatch, simulator, api_key, max_retries=2)
     simulator.add_fault(Fault("429", route="create", count=1, echo_number=True))
-    monkeypatch.setattr(hook_module, "time", SimpleNamespace(sleep=lambda s: None, time=time.time))  # no backoff
+    monkeypatch.setattr(transport_module, "time", SimpleNamespace(sleep=lambda s: None, time=time.time))  # no backoff
     operator = DialNexaCreateCallOperator(task_id="place", phone_number=NUMBER, agent_id=AGENT)
     ti = SimpleNamespace(dag_id="leads", run_id="manual__1", task_id="place", map_index=-1, try_number=1)
     result = operator.execute(cast("Any", {"ti": ti}))
@@ -283,7 +284,7 @@ async def test_a_stopped_poller_settles_the_waiters_of_the_batches_it_cancels(
 def budget_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """What the sync hook's rate budget makes requests wait, recorded instead of slept (its clock stands still)."""
     waits: list[float] = []
-    monkeypatch.setattr(hook_module, "time", SimpleNamespace(sleep=waits.append, time=time.time))
+    monkeypatch.setattr(transport_module, "time", SimpleNamespace(sleep=waits.append, time=time.time))
     return waits
 
 
@@ -348,7 +349,7 @@ async def test_a_triggerer_picks_up_a_raised_rate_after_the_connection_ttl(
     simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(hook_module, "_clock", lambda: now[0])
+    monkeypatch.setattr(transport_module, "_clock", lambda: now[0])
     call_id = running_call(simulator)
     use_connection(monkeypatch, simulator, api_key, rate_limit_per_minute=60)
     hook = DialNexaHook()

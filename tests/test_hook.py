@@ -45,6 +45,7 @@ from airflow_provider_dialnexa.exceptions import (
     InvalidCallIdError,
     error_for_status,
 )
+from airflow_provider_dialnexa.hooks import _transport as transport_module
 from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
 from airflow_provider_dialnexa.policy import RateBudget, RetryPolicy, budget_for, parse_retry_after
@@ -436,7 +437,7 @@ def test_bogus_retry_after_is_capped_also_for_the_rate_budget(
     """
     _set_conn(monkeypatch, "dialnexa_budget", sim.url, api_key, max_retries=2, rate_limit_per_minute=6000)
     sleeps: list[float] = []
-    monkeypatch.setattr(hook_module, "time", SimpleNamespace(sleep=sleeps.append))
+    monkeypatch.setattr(transport_module, "time", SimpleNamespace(sleep=sleeps.append))
     call_id = _new_call(sim)
     sim.add_fault(Fault(kind="429", route="get", call_id=call_id, count=1, retry_after="3600"))
     policy = RetryPolicy(backoff_base=0.01, retry_after_max=0.05, min_wait=0)
@@ -805,7 +806,7 @@ async def test_hooks_on_one_loop_share_one_client_and_one_lookup(
         lookups.append(conn_id)
         return await original(conn_id, hook=hook)
 
-    monkeypatch.setattr("airflow_provider_dialnexa.hooks.dialnexa.get_async_connection", counting)
+    monkeypatch.setattr("airflow_provider_dialnexa.hooks._transport.get_async_connection", counting)
     first, second = DialNexaHook(retry_policy=FAST), DialNexaHook(retry_policy=FAST)
     ids = [_new_call(sim) for _ in range(4)]
     try:

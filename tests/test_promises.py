@@ -34,7 +34,7 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaRateLimitError,
     DialNexaUnconfirmedCallError,
 )
-from airflow_provider_dialnexa.hooks import dialnexa as hook_module
+from airflow_provider_dialnexa.hooks import _transport as transport_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.operators.dialnexa import (
     DialNexaCreateCallOperator,
@@ -117,7 +117,9 @@ def hook_sleeps(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, sim: Simulato
         sleeps.append((seconds, len(sim.requests())))
         clock.now += seconds
 
-    monkeypatch.setattr(hook_module, "time", SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic))
+    monkeypatch.setattr(
+        transport_module, "time", SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic)
+    )
     return sleeps
 
 

@@ -22,7 +22,7 @@ from _clock import _Shim
 from conftest import FakeClock
 
 from airflow_provider_dialnexa.exceptions import DialNexaRateLimitError
-from airflow_provider_dialnexa.hooks import dialnexa as hook_module
+from airflow_provider_dialnexa.hooks import _transport as transport_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import RateBudget, RetryPolicy
 from airflow_provider_dialnexa.simulator import Fault, LogEntry, Simulator, SimulatorError
@@ -122,7 +122,7 @@ async def test_a_429_pauses_requests_already_queued(
 
     real_sleep = asyncio.sleep
     monkeypatch.setattr(RateBudget, "pause", pause)
-    monkeypatch.setattr(hook_module, "asyncio", _Shim(asyncio, sleep=slot_sleep))
+    monkeypatch.setattr(transport_module, "asyncio", _Shim(asyncio, sleep=slot_sleep))
     await asyncio.gather(*(read(call_id) for call_id in queued))
     log = sorted(simulator.requests(route="get"), key=lambda e: e.t)
     refused = next(entry for entry in log if entry.status_code == 429)

@@ -1,8 +1,8 @@
 """Batch calls on ``DialNexaHook``: create (exactly once), read, page call logs, list, pause/resume/cancel.
 
-A mixin of ``DialNexaHook``: every request goes through the hook's one send step (``_send_once``, ``_get``,
-``_aget``), so batches share its rate budget, retries, timeouts and typed errors. What does not need a
-transport lives in ``_batches.py`` (fields, titles, reading records) and ``_leads.py`` (leads files).
+A base of ``DialNexaHook`` on its transport (``hooks/_transport.py``): every request goes through the one send
+path (``_send_once``, ``_get``, ``_aget``), so batches share its rate budget, retries, timeouts and typed errors.
+What does not need a transport lives in ``_batches.py`` (fields, titles, reading records) and ``_leads.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Generator, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_provider_dialnexa import status as status_
 from airflow_provider_dialnexa._batches import (
@@ -46,13 +46,8 @@ from airflow_provider_dialnexa.exceptions import (
     DialNexaUnconfirmedBatchError,
     describe,
 )
+from airflow_provider_dialnexa.hooks._transport import DialNexaTransport
 from airflow_provider_dialnexa.records import mask_phone_number
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from airflow_provider_dialnexa._connection import ConnectionSettings
-    from airflow_provider_dialnexa.policy import RetryPolicy
 
 #: How much further back than the run's start a search for an uploaded batch reaches (as for calls: a day).
 BATCH_LOOKUP_MARGIN = 24 * 60 * 60
@@ -75,36 +70,8 @@ def _mask_numbers(exc: DialNexaError) -> DialNexaError:
     return exc
 
 
-class BatchCallsMixin:
+class BatchCallsMixin(DialNexaTransport):
     """``DialNexaHook``'s batch-call methods (``POST/GET /v1/batch-calls``, ``PATCH .../status``)."""
-
-    if TYPE_CHECKING:  # what the mixin uses of DialNexaHook
-
-        @property
-        def log(self) -> Any: ...
-        @property
-        def settings(self) -> ConnectionSettings: ...
-        async def asettings(self) -> ConnectionSettings: ...
-        def _policy(self, settings: ConnectionSettings) -> RetryPolicy: ...
-        def _send_once(self, method: str, url: str, *, subject: str, call_id: str | None, **request: Any) -> Any: ...
-        def _get(
-            self,
-            url: str,
-            *,
-            params: dict[str, str] | None,
-            subject: str,
-            call_id: str | None,
-            hints: Mapping[int, str] | None = None,
-        ) -> Any: ...
-        async def _aget(
-            self,
-            url: str,
-            *,
-            params: dict[str, str] | None,
-            subject: str,
-            call_id: str | None,
-            hints: Mapping[int, str] | None = None,
-        ) -> Any: ...
 
     # -- create, exactly once ------------------------------------------------------------------------
 

@@ -1,30 +1,20 @@
-"""DialNexaHook: read, list and place DialNexa calls through its REST API, from tasks (sync) and triggers (async)."""
+"""DialNexaHook: read, list and place DialNexa calls through its REST API, from tasks (sync) and triggers (async).
+
+Every request goes through the one send path of its base class (``hooks/_transport.py``: connection, rate budget,
+retries, typed errors; the loops' shared clients in ``hooks/_clients.py``); batch calls are ``hooks/_batch.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-import weakref
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
-import httpx
-import requests
-from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
-from tenacity import AsyncRetrying, Retrying
-
 from airflow_provider_dialnexa import CONN_FIELDS, UI_FIELD_BEHAVIOUR
-from airflow_provider_dialnexa._connection import (
-    ConnectionSettings,
-    missing_connection_message,
-    settings_from_connection,
-)
+from airflow_provider_dialnexa._connection import ConnectionSettings
 from airflow_provider_dialnexa._paging import (
     WindowPager,
     as_call_list,
@@ -45,27 +35,22 @@ from airflow_provider_dialnexa._placement import (
 )
 from airflow_provider_dialnexa._placement import LOOKUP_PAGE_SIZE as LOOKUP_PAGE_SIZE  # moved; still importable here
 from airflow_provider_dialnexa._placement import MAX_LOOKUP_PAGES as MAX_LOOKUP_PAGES
-from airflow_provider_dialnexa._response import as_call_record, interpret
+from airflow_provider_dialnexa._response import as_call_record
 from airflow_provider_dialnexa._validation import validate_agent_id, validate_call_id, validate_phone_number
-from airflow_provider_dialnexa.exceptions import (
-    CREATE_CALL_HINTS,
-    DialNexaAuthError,
-    DialNexaConfigError,
-    DialNexaConnectionNotFoundError,
-    DialNexaRateLimitError,
-    DialNexaUnreachableError,
-    describe,
-    scrub,
-)
+from airflow_provider_dialnexa.exceptions import CREATE_CALL_HINTS
 from airflow_provider_dialnexa.hooks._batch import BatchCallsMixin
-from airflow_provider_dialnexa.policy import (
-    CONNECT_TIMEOUT,
-    RateBudget,
-    RetryPolicy,
-    budget_for,
-    parse_rate_headers,
-)
+
+# Moved to hooks/_clients.py (the loops' shared clients); still importable from here.
+from airflow_provider_dialnexa.hooks._clients import MAX_CONNECTIONS as MAX_CONNECTIONS
+from airflow_provider_dialnexa.hooks._clients import _close_at_loop_shutdown as _close_at_loop_shutdown
+from airflow_provider_dialnexa.hooks._clients import _loop_state as _loop_state
+from airflow_provider_dialnexa.hooks._clients import _loop_states as _loop_states
+from airflow_provider_dialnexa.hooks._clients import _LoopClient as _LoopClient
+from airflow_provider_dialnexa.hooks._clients import _LoopState as _LoopState
+from airflow_provider_dialnexa.hooks._clients import close_async_clients as close_async_clients
+from airflow_provider_dialnexa.hooks._transport import DialNexaTransport
 from airflow_provider_dialnexa.policy import CONNECTION_TTL as CONNECTION_TTL  # public here too
+from airflow_provider_dialnexa.policy import RetryPolicy
 from airflow_provider_dialnexa.records import mask_phone_number
 
 #: Moved to ``_placement``; still importable from here.
@@ -73,103 +58,9 @@ _hide_number = hide_number
 
 #: Most ids one List Calls request may carry (DialNexa's documented page-size maximum).
 MAX_LIST_LIMIT = 200
-#: Concurrent requests (and keep-alive connections) per event loop and connection id.
-MAX_CONNECTIONS = 100
-
-_SYNC_TRANSPORT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
 
 
-# ``CONNECTION_TTL`` (imported from ``policy``, still importable from here): seconds an event loop trusts a resolved
-# connection before reading it again, so a fixed host, a rotated key or new extras reach a running triggerer
-# within this time without a lookup per poll.
-
-
-def _clock() -> float:
-    """Monotonic seconds for the connection TTL (a seam, so tests move time instead of waiting for it)."""
-    return time.monotonic()
-
-
-@dataclass(eq=False)
-class _LoopClient:
-    """What every async request on one event loop through one connection id shares."""
-
-    settings: ConnectionSettings
-    client: httpx.AsyncClient
-    budget: RateBudget | None
-    #: Requests queue here, never inside httpx's pool: httpcore 1.0 rescans every queued request against
-    #: every connection on each pool event, so thousands of queued polls would stall the loop (O(n*m)).
-    slots: asyncio.Semaphore
-    #: When the connection was last read (``_clock()``).
-    resolved_at: float = 0.0
-    #: Requests that hold this client (from taking it to their answer): it is closed only when none do.
-    in_flight: int = 0
-    #: Replaced (a 401, a changed connection, the loop ending): close once the last request lets go.
-    retired: bool = False
-
-    async def release(self) -> None:
-        """One request is done with the client; the last one out closes a retired client."""
-        self.in_flight -= 1
-        if self.retired and self.in_flight == 0:
-            await self.client.aclose()
-
-    async def retire(self) -> None:
-        """Stop handing the client out; close it now if no request holds it, else when the last one lets go."""
-        if not self.retired:
-            self.retired = True
-            if self.in_flight == 0:
-                await self.client.aclose()
-
-
-@dataclass(eq=False)
-class _LoopState:
-    lock: asyncio.Lock
-    clients: dict[str, _LoopClient]
-    #: Suspended for the loop's life; ``loop.shutdown_asyncgens()`` (``asyncio.run`` ends with it) resumes it
-    #: to close the clients, so nothing of a loop (client, socket, the loop itself) outlives it.
-    closer: AsyncGenerator[None, None] | None = None
-
-
-# One resolved connection and one keep-alive httpx client per (event loop, connection id): thousands of
-# triggers in a triggerer share them instead of each resolving the connection and dialling DialNexa.
-# The clients refer to their loop, so an entry leaves this map when its loop shuts down (see ``_LoopState``).
-_loop_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
-
-
-async def _close_at_loop_shutdown(state: _LoopState) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        loop = asyncio.get_running_loop()
-        if _loop_states.get(loop) is state:
-            del _loop_states[loop]
-        clients, state.clients = list(state.clients.values()), {}
-        for shared in clients:
-            await shared.retire()
-
-
-async def _loop_state() -> _LoopState:
-    """This loop's state, created (with its shutdown hook registered) on first use."""
-    loop = asyncio.get_running_loop()
-    state = _loop_states.get(loop)
-    if state is None:
-        state = _loop_states[loop] = _LoopState(asyncio.Lock(), {})
-        state.closer = _close_at_loop_shutdown(state)
-        await state.closer.asend(None)  # first iteration: the loop now tracks it for shutdown_asyncgens()
-    return state
-
-
-async def close_async_clients() -> None:
-    """Close this event loop's shared clients now (they also close by themselves when the loop shuts down)."""
-    state = _loop_states.pop(asyncio.get_running_loop(), None)
-    if state is not None and state.closer is not None:
-        await state.closer.aclose()
-
-
-class DialNexaHook(BatchCallsMixin, BaseHook):
+class DialNexaHook(BatchCallsMixin, DialNexaTransport):
     """Talk to DialNexa through an Airflow connection of type ``dialnexa``.
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
@@ -242,213 +133,7 @@ class DialNexaHook(BatchCallsMixin, BaseHook):
             )
         return widgets
 
-    # -- connection ---------------------------------------------------------------------------------
-
-    def _settings_from(self, conn: Any, extra: dict[str, Any]) -> ConnectionSettings:
-        settings, warnings = settings_from_connection(
-            self.dialnexa_conn_id,
-            host=conn.host,
-            password=conn.password,
-            schema=conn.schema,
-            port=conn.port,
-            extra=extra,
-        )
-        for warning in warnings:
-            self.log.warning(warning)
-        return settings
-
-    @cached_property
-    def settings(self) -> ConnectionSettings:
-        """The validated connection (sync lookup: never read this from a trigger's event loop)."""
-        try:
-            conn = self.get_connection(self.dialnexa_conn_id)
-        except AirflowNotFoundException:
-            raise self._not_found() from None
-        return self._settings_from(conn, conn.extra_dejson)
-
-    def _not_found(self) -> DialNexaConnectionNotFoundError:
-        message = missing_connection_message(self.dialnexa_conn_id)
-        return DialNexaConnectionNotFoundError(message, conn_id=self.dialnexa_conn_id)
-
-    async def _resolve_async(self) -> ConnectionSettings:
-        """Read and validate the connection without blocking the loop; a missing one is a config error."""
-        try:
-            conn = await get_async_connection(self.dialnexa_conn_id, hook=self)
-        except AirflowNotFoundException:
-            raise self._not_found() from None
-        return self._settings_from(conn, await get_async_extra_dejson(conn))
-
-    async def _loop_client(self) -> _LoopClient:
-        """This loop's shared client for the connection, re-reading the connection once ``CONNECTION_TTL`` passed.
-
-        A changed connection gets a new client; the old one closes once its in-flight requests are done.
-        """
-        state = await _loop_state()
-        shared = state.clients.get(self.dialnexa_conn_id)
-        if shared is not None and _clock() - shared.resolved_at < CONNECTION_TTL:
-            return shared
-        async with state.lock:
-            shared = state.clients.get(self.dialnexa_conn_id)
-            if shared is not None and _clock() - shared.resolved_at < CONNECTION_TTL:
-                return shared
-            try:
-                settings = await self._resolve_async()
-            except DialNexaConfigError:
-                raise  # the connection is gone or unusable now: every wait on it should say so
-            except Exception as exc:
-                if shared is None:
-                    raise
-                # A lookup that failed for another reason (e.g. the API server hiccuped) must not end waits
-                # that have a working client: keep it, and try again after another TTL.
-                self.log.warning(
-                    "Could not re-read DialNexa connection %r (%s); keeping its previous settings",
-                    self.dialnexa_conn_id,
-                    type(exc).__name__,
-                )
-                shared.resolved_at = _clock()
-                return shared
-            if shared is not None and shared.settings == settings:
-                shared.resolved_at = _clock()
-                return shared
-            # Built in a thread: loading the CA bundle takes tens of ms, too long for a triggerer's loop.
-            client = await asyncio.to_thread(
-                httpx.AsyncClient,
-                headers=settings.headers,
-                follow_redirects=True,  # as requests does on the sync path (both drop auth across hosts)
-                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
-                timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
-            )
-            budget = budget_for(settings.api_key, settings.rate_limit_per_minute, conn_id=settings.conn_id)
-            fresh = _LoopClient(settings, client, budget, asyncio.Semaphore(MAX_CONNECTIONS), resolved_at=_clock())
-            state.clients[self.dialnexa_conn_id] = fresh
-            if shared is not None:
-                await shared.retire()
-            return fresh
-
-    async def _forget_loop_client(self, shared: _LoopClient) -> None:
-        """Drop the shared client after a 401, so a fixed key is picked up by the next request.
-
-        Only if it is still the current one (another hook may already have replaced it); it is closed once
-        the other requests that hold it have their answers, never under them.
-        """
-        state = _loop_states.get(asyncio.get_running_loop())
-        if state is not None and state.clients.get(self.dialnexa_conn_id) is shared:
-            del state.clients[self.dialnexa_conn_id]
-        await shared.retire()
-
-    async def asettings(self) -> ConnectionSettings:
-        """The validated connection, resolved without blocking the event loop."""
-        return (await self._loop_client()).settings
-
-    # -- shared request policy ----------------------------------------------------------------------
-
-    def _policy(self, settings: ConnectionSettings) -> RetryPolicy:
-        retries = settings.max_retries if self._max_retries is None else self._max_retries
-        return replace(self._retry_policy, max_retries=retries)
-
-    def _read_timeout(self, settings: ConnectionSettings) -> float:
-        return settings.timeout if self._timeout is None else self._timeout
-
-    @staticmethod
-    def _unreachable(
-        exc: Exception, subject: str, settings: ConnectionSettings, call_id: str | None
-    ) -> DialNexaUnreachableError:
-        detail = scrub(str(exc), (settings.api_key,))[:200]
-        return DialNexaUnreachableError(
-            f"{describe(subject, settings.conn_id)}: could not get an answer from {settings.base_url} "
-            f"({type(exc).__name__}: {detail}). {DialNexaUnreachableError.hint}",
-            call_id=call_id,
-            conn_id=settings.conn_id,
-        )
-
-    def _answer(
-        self,
-        response: requests.Response | httpx.Response,
-        *,
-        subject: str,
-        call_id: str | None,
-        settings: ConnectionSettings,
-        budget: RateBudget | None,
-        hints: Mapping[int, str] | None = None,
-    ) -> Any:
-        """Parsed body of a response, or its typed error; a 429 first pauses the key's whole budget.
-
-        Every other answer's ``X-RateLimit-*`` headers pace the key's budget (see ``RateBudget``).
-        """
-        if budget is not None and response.status_code != 429:
-            budget.observe(response.headers)
-        try:
-            return interpret(
-                response.status_code,
-                response.headers,
-                response.content,
-                subject=subject,
-                call_id=call_id,
-                settings=settings,
-                hints=hints,
-            )
-        except DialNexaRateLimitError as exc:
-            if budget is not None:
-                wait = exc.retry_after
-                if wait is None:  # no Retry-After: the window's Reset, if it makes sense, else a second
-                    wait = parse_rate_headers(response.headers).reset_in or 1.0
-                budget.pause(min(wait, self._retry_policy.retry_after_max))  # a bogus Retry-After can't park the key
-            raise
-
-    # -- sync (tasks) -------------------------------------------------------------------------------
-
-    @cached_property
-    def session(self) -> requests.Session:
-        """One keep-alive session per hook."""
-        session = requests.Session()
-        session.headers.update(self.settings.headers)
-        return session
-
-    def _send_once(
-        self,
-        method: str,
-        url: str,
-        *,
-        subject: str,
-        call_id: str | None,
-        hints: Mapping[int, str] | None = None,
-        wait_out_timeouts: bool = False,
-        **request: Any,
-    ) -> Any:
-        """One sync request: wait for the key's budget, send, and turn the answer into data or a typed error.
-
-        Retrying is the caller's decision (reads retry through tenacity; a billable POST never blindly).
-        ``wait_out_timeouts``: a read timeout asks for as long again before anything else (``retry_after``),
-        since DialNexa may still be working on the request.
-        """
-        settings = self.settings
-        budget = budget_for(settings.api_key, settings.rate_limit_per_minute, conn_id=settings.conn_id)
-        for delay in budget.delays() if budget is not None else ():
-            time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues the request
-        timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
-        try:
-            response = self.session.request(method, url, timeout=timeout, **request)
-        except _SYNC_TRANSPORT_ERRORS as exc:
-            error = self._unreachable(exc, subject, settings, call_id)
-            if wait_out_timeouts and isinstance(exc, requests.Timeout):
-                error.retry_after = timeout[1]
-            raise error from None
-        return self._answer(response, subject=subject, call_id=call_id, settings=settings, budget=budget, hints=hints)
-
-    def _get(
-        self,
-        url: str,
-        *,
-        params: dict[str, str] | None,
-        subject: str,
-        call_id: str | None,
-        hints: Mapping[int, str] | None = None,
-    ) -> Any:
-        policy = self._policy(self.settings)
-        for attempt in Retrying(**policy.tenacity_kwargs(self.log, describe(subject, None))):
-            with attempt:
-                return self._send_once("GET", url, params=params, subject=subject, call_id=call_id, hints=hints)
-        raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
+    # -- reading calls (sync, tasks) ------------------------------------------------------------------
 
     def get_call(self, call_id: str) -> dict[str, Any]:
         """``GET /v1/calls/{call_id}``: the call record exactly as DialNexa sent it.
@@ -468,10 +153,6 @@ class DialNexaHook(BatchCallsMixin, BaseHook):
         except Exception as exc:  # e.g. AirflowNotFoundException for a missing connection: report, not raise
             return False, str(exc)
         return True, f"Connected to DialNexa at {self.settings.base_url}"
-
-    def close(self) -> None:
-        if "session" in self.__dict__:
-            self.session.close()
 
     # -- placing calls (sync, tasks) ----------------------------------------------------------------
 
@@ -553,48 +234,6 @@ class DialNexaHook(BatchCallsMixin, BaseHook):
         )
 
     # -- async (triggers) ---------------------------------------------------------------------------
-
-    async def _aget(
-        self,
-        url: str,
-        *,
-        params: dict[str, str] | None,
-        subject: str,
-        call_id: str | None,
-        hints: Mapping[int, str] | None = None,
-    ) -> Any:
-        settings = (await self._loop_client()).settings
-        timeout = httpx.Timeout(self._read_timeout(settings), connect=CONNECT_TIMEOUT, pool=None)
-        retrying = AsyncRetrying(**self._policy(settings).tenacity_kwargs(self.log, describe(subject, None)))
-        async for attempt in retrying:
-            with attempt:
-                shared = await self._loop_client()  # per attempt: a client dropped after a 401 is not reused
-                shared.in_flight += 1  # from here until the answer: the client stays open for this request
-                try:
-                    if shared.budget is not None:  # this connection still uses the key: its bound still counts
-                        shared.budget.bound_by(shared.settings.conn_id, shared.settings.rate_limit_per_minute)
-                    for delay in shared.budget.delays() if shared.budget is not None else ():
-                        await asyncio.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues
-                    try:
-                        async with shared.slots:
-                            response = await shared.client.get(url, params=params, timeout=timeout)
-                    except httpx.TransportError as exc:
-                        raise self._unreachable(exc, subject, shared.settings, call_id) from None
-                finally:
-                    await shared.release()
-                try:
-                    return self._answer(
-                        response,
-                        subject=subject,
-                        call_id=call_id,
-                        settings=shared.settings,
-                        budget=shared.budget,
-                        hints=hints,
-                    )
-                except DialNexaAuthError:
-                    await self._forget_loop_client(shared)
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aget_call(self, call_id: str) -> dict[str, Any]:
         """Async ``get_call`` for triggers: same contract, shared client, no blocking I/O."""
