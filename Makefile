@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-airflow2 test-py313 lint compat demo bench simulator clean
+.PHONY: install test test-airflow2 test-py313 lint compat demo bench simulator clean postgresql
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 ## Airflow 3.3 on Python 3.11 (.venv), Airflow 2.11 on Python 3.12 (.venv-airflow2), Airflow 3.3 on
 ## Python 3.13 (.venv-py313). Each leg runs on pytest-xdist workers (own simulator and Airflow homes each).
 XDIST ?= -n 2
-test: lint
+test: lint postgresql
 	@echo "==> pytest on Airflow 3.3 ($$($(BIN)/python -V))"
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 	$(MAKE) test-airflow2
@@ -43,7 +43,7 @@ $(AF2_STAMP): pyproject.toml constraints-airflow2.txt | $(STAMP)
 	$(BIN)/uv pip install --quiet --python $(AF2)/bin/python -c constraints-airflow2.txt -e ".[test]"
 	touch $(AF2_STAMP)
 
-test-airflow2: $(AF2_STAMP)
+test-airflow2: $(AF2_STAMP) postgresql
 	@echo "==> pytest on Airflow 2.11 ($$($(AF2)/bin/python -V))"
 	AIRFLOW_HOME=$(CURDIR)/$(AF2)/airflow_home $(AF2)/bin/python -m pytest -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
@@ -66,6 +66,16 @@ test-py313: $(PY313_STAMP)
 	@echo "==> pytest on Airflow 3.3 ($$($(PY313)/bin/python -V))"
 	AIRFLOW_HOME=$(CURDIR)/$(PY313)/airflow_home $(PY313)/bin/python -m pytest -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 endif
+
+## Debian's PostgreSQL server, for the webhook receiver's replica test (tests/test_webhook_postgres.py starts a
+## private cluster from these binaries: initdb in a temporary directory, its own port and socket). Installed
+## when missing and root (CI on a fresh machine); elsewhere the test says it skipped.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian's postgresql (server binaries for the webhook replica test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "==> no PostgreSQL server binaries and not root: tests/test_webhook_postgres.py will skip"; fi
 
 ## Kept for muscle memory: the Airflow 2.11 leg.
 compat: test-airflow2

@@ -47,6 +47,18 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "'batched' (List Calls for many waits at once) or 'per_call' (Get Call each).",
         "schema": {"type": ["string", "null"], "enum": ["batched", "per_call", None]},
     },
+    "webhook_secret": {
+        "label": "Webhook secret",
+        "description": "The secret of the DialNexa webhook that posts to /dialnexa/webhooks/<conn_id>: deliveries "
+        "are accepted only with its HMAC-SHA256 signature (see docs/webhooks.md).",
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
+    "webhook_secret_previous": {
+        "label": "Previous webhook secret",
+        "description": "During a secret rotation, the old secret: deliveries signed with either are accepted. "
+        "Clear it once DialNexa signs with the new one.",
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
 }
 
 
@@ -83,4 +95,7 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": CONN_FIELDS,
             }
         ],
+        # The receiver's asset scheme (dialnexa://<conn_id>/calls): Airflow 3 reads asset-uris, 2.11 dataset-uris.
+        "asset-uris": [{"schemes": ["dialnexa"], "handler": "airflow_provider_dialnexa.webhooks.uri.sanitize_uri"}],
+        "dataset-uris": [{"schemes": ["dialnexa"], "handler": "airflow_provider_dialnexa.webhooks.uri.sanitize_uri"}],
     }

@@ -15,13 +15,15 @@ from airflow_provider_dialnexa.policy import DEFAULT_MAX_RETRIES, DEFAULT_RATE_P
 DEFAULT_BASE_URL = "https://api.dialnexa.com"
 USER_AGENT = f"airflow-provider-dialnexa/{__version__}"
 POLLING_MODES = ("batched", "per_call")
+#: Extras holding the webhook signing secrets: the current one, and the previous one during a rotation.
+WEBHOOK_SECRET_EXTRAS = ("webhook_secret", "webhook_secret_previous")
 _EXTRA_PREFIX = "extra__dialnexa__"
-_KNOWN_EXTRAS = ("timeout", "max_retries", "rate_limit_per_minute", "polling")
+_KNOWN_EXTRAS = ("timeout", "max_retries", "rate_limit_per_minute", "polling", *WEBHOOK_SECRET_EXTRAS)
 
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """A validated ``dialnexa`` connection. ``repr`` hides the key."""
+    """A validated ``dialnexa`` connection. ``repr`` hides the key and the webhook secrets."""
 
     conn_id: str
     base_url: str
@@ -30,12 +32,16 @@ class ConnectionSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     rate_limit_per_minute: float = DEFAULT_RATE_PER_MINUTE
     polling: str = "batched"
+    webhook_secret: str | None = None
+    webhook_secret_previous: str | None = None
 
     def __repr__(self) -> str:
         return (
             f"ConnectionSettings(conn_id={self.conn_id!r}, base_url={self.base_url!r}, api_key='***', "
             f"timeout={self.timeout}, max_retries={self.max_retries}, "
-            f"rate_limit_per_minute={self.rate_limit_per_minute}, polling={self.polling!r})"
+            f"rate_limit_per_minute={self.rate_limit_per_minute}, polling={self.polling!r}, "
+            f"webhook_secret={'***' if self.webhook_secret else None}, "
+            f"webhook_secret_previous={'***' if self.webhook_secret_previous else None})"
         )
 
     @property
@@ -148,6 +154,21 @@ def settings_from_connection(
         if polling not in POLLING_MODES:
             raise _config_error(conn_id, f"extra 'polling' must be one of {POLLING_MODES}, got {polling!r}")
         changes["polling"] = polling
+    changes.update(webhook_secrets(values))
     if changes:
         settings = ConnectionSettings(**{**settings.__dict__, **changes})
     return settings, warnings
+
+
+def webhook_secrets(extra: Mapping[str, Any] | None) -> dict[str, str]:
+    """The webhook secrets a connection's extras hold (``webhook_secret``, ``webhook_secret_previous``), trimmed.
+
+    Also read with the form's ``extra__dialnexa__`` prefix; empty or non-string values count as unset.
+    The values are secrets: never log or show them.
+    """
+    secrets: dict[str, str] = {}
+    for raw_name, value in (extra or {}).items():
+        name = raw_name.removeprefix(_EXTRA_PREFIX)
+        if name in WEBHOOK_SECRET_EXTRAS and isinstance(value, str) and value.strip():
+            secrets[name] = value.strip()
+    return secrets

@@ -55,6 +55,7 @@ def test_provider_info_only_uses_keys_airflow_knows() -> None:
     """The runtime schema allows unknown top-level keys, so a typo would pass validation silently."""
     known = set(_airflow_schema("provider_info.schema.json")["properties"])
     known |= set(_airflow_schema("provider.yaml.schema.json")["properties"])  # e.g. "versions"
+    known |= {"asset-uris", "dataset-uris"}  # the URI scheme: Airflow 3 reads the first, 2.11 the second
     assert set(get_provider_info()) <= known
     known_conn_keys = {"connection-type", "hook-class-name", "hook-name", "ui-field-behaviour", "conn-fields"}
     assert set(_connection_type()) <= known_conn_keys

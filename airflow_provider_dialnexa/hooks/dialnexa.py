@@ -236,9 +236,9 @@ class DialNexaHook(BaseHook):
         """The connection form's extra fields for Airflow < 3.2 (3.2+ reads ``conn-fields`` from provider info
         and never calls this). Built from the same ``CONN_FIELDS``; the web server's form libraries are imported
         only here."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
+        from wtforms import IntegerField, PasswordField, StringField
         from wtforms.validators import NumberRange, Optional
 
         widgets: dict[str, Any] = {}
@@ -246,16 +246,20 @@ class DialNexaHook(BaseHook):
             schema = field["schema"]
             kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
             validators: list[Any] = [Optional()]
-            if "integer" in kinds:
+            widget: Any = BS3TextFieldWidget()
+            if schema.get("format") == "password":  # the webhook secrets: masked in the form
+                field_class: Any = PasswordField
+                widget = BS3PasswordFieldWidget()
+            elif "integer" in kinds:
                 validators.append(NumberRange(min=schema.get("minimum"), max=schema.get("maximum")))
-                field_class: Any = IntegerField
+                field_class = IntegerField
             else:  # numbers may be fractional, and `polling` is a string: the hook validates both
                 field_class = StringField
             widgets[name] = field_class(
                 lazy_gettext(field["label"]),
                 description=field["description"],
                 validators=validators,
-                widget=BS3TextFieldWidget(),
+                widget=widget,
             )
         return widgets
 
