@@ -52,6 +52,8 @@ from airflow_provider_dialnexa.exceptions import (
     describe,
     scrub,
 )
+from airflow_provider_dialnexa.hooks._webhooks import DEFAULT_WEBHOOK_EVENTS as DEFAULT_WEBHOOK_EVENTS
+from airflow_provider_dialnexa.hooks._webhooks import WebhookMixin
 from airflow_provider_dialnexa.policy import (
     CONNECT_TIMEOUT,
     RateBudget,
@@ -191,12 +193,13 @@ def _hide_number(exc: DialNexaError, phone_number: str) -> DialNexaError:
     return exc
 
 
-class DialNexaHook(BaseHook):
+class DialNexaHook(WebhookMixin, BaseHook):
     """Talk to DialNexa through an Airflow connection of type ``dialnexa``.
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
     base URL (empty = ``https://api.dialnexa.com``). Extras: ``timeout`` (read timeout, s),
-    ``max_retries``, ``rate_limit_per_minute`` (0 = no budget) and ``polling`` (``batched``/``per_call``).
+    ``max_retries``, ``rate_limit_per_minute`` (0 = no budget) and ``polling`` (``batched``/``per_call``),
+    plus ``webhook_secret`` for the webhook receiver and ``ensure_webhook`` (registrations: ``_webhooks.py``).
 
     Creating the hook does no I/O: the connection is read on first use, synchronously in ``get_call``
     and without blocking the event loop in ``aget_call``.

@@ -45,6 +45,9 @@ class Sender:
         self._wake: asyncio.Event | None = None
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The last delivery sequence per (webhook, call): the next one for the same pair waits for it, so a
+        #: call's events arrive in order (unless the ``reorder`` fault says otherwise) while calls run in parallel.
+        self._lanes: dict[tuple[str, str | None], asyncio.Task[None]] = {}
         self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
@@ -129,13 +132,25 @@ class Sender:
 
     def _spawn(self, chain: list[Outgoing]) -> None:
         generation = self.hub.begin()
-        task = asyncio.get_running_loop().create_task(self._chain(chain, generation))
+        lane = (chain[0].webhook_id, chain[0].call_id)
+        before = self._lanes.get(lane)
+        task = asyncio.get_running_loop().create_task(self._chain(chain, generation, before))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._lanes[lane] = task
 
-    async def _chain(self, chain: list[Outgoing], generation: int) -> None:
-        """Send the deliveries one after another (each with its retries; a ``twice`` one again after itself)."""
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if self._lanes.get(lane) is finished:
+                del self._lanes[lane]
+
+        task.add_done_callback(done)
+
+    async def _chain(self, chain: list[Outgoing], generation: int, before: asyncio.Task[None] | None) -> None:
+        """Send the deliveries one after another (each with its retries; a ``twice`` one again after itself),
+        once the sequence ``before`` (the same webhook and call) is over."""
         try:
+            if before is not None:
+                await asyncio.wait([before])
             for out in chain:
                 await self._deliver(out, generation, duplicate=False)
                 if out.twice:
