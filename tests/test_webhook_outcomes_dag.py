@@ -37,14 +37,11 @@ def runs_consume(extras: list[dict[str, Any]]) -> Iterator[None]:
     from airflow_provider_dialnexa.webhooks._adapter import airflow_line, create_asset, find_asset_id
 
     line = airflow_line()
-    if AIRFLOW_V_3:
-        import airflow.models.dagrun as module
+    import importlib
 
-        name = "get_or_create_dagrun"
-    else:  # pragma: no cover - Airflow 2.11 leg
-        import airflow.models.dag as module
-
-        name = "_get_or_create_dagrun"
+    # Where dag.test() creates its run: airflow.models.dagrun (3.x) / airflow.models.dag (2.11).
+    module: Any = importlib.import_module("airflow.models.dagrun" if AIRFLOW_V_3 else "airflow.models.dag")
+    name = "get_or_create_dagrun" if AIRFLOW_V_3 else "_get_or_create_dagrun"
     original: Callable[..., Any] = getattr(module, name)
 
     def create_with_events(*args: Any, **kwargs: Any) -> Any:
