@@ -5,8 +5,13 @@ builds a fresh ``.demo/airflow_home`` (SQLite, the repo's ``dags/``, the connect
 ``airflow db migrate`` and ``airflow dags test dialnexa_call_outcomes`` with those call ids, then prints
 what reached XCom and the rows loaded into SQLite. Then it seeds three past hours of calls (the first of each
 hour exactly on the hour edge) and runs ``dialnexa_call_export`` once per hour, printing each interval's
-count and checking every call was loaded exactly once. The simulator is stopped whatever happens; the exit
-code is non-zero when anything failed. Airflow's own output goes to ``.demo/*.log``.
+count and checking every call was loaded exactly once. Finally the event-driven path: a real Airflow
+(api-server with the provider's webhook receiver, scheduler, dag-processor) starts, ``ensure_webhook``
+registers the receiver with the simulator, six calls end, the simulator posts signed deliveries (some
+twice, ``call_initiated`` after ``call_ended``), the receiver records one asset event per call and
+``dialnexa_webhook_outcomes`` runs on them and loads each call once, without a request to DialNexa.
+The simulator and Airflow are stopped whatever happens; the exit code is non-zero when anything failed.
+Airflow's own output goes to ``.demo/*.log``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_dialnexa._demo_airflow import AirflowComponents, DemoError
 from airflow_provider_dialnexa.simulator import SimulatorControls, SimulatorProcess
 
 DAG_ID = "dialnexa_call_outcomes"
@@ -37,8 +43,7 @@ CALLS: dict[str, dict[str, Any]] = {
 ROW_COLUMNS = ("call_id", "status", "end_reason", "duration_seconds", "sentiment", "transcript_chars", "summary")
 
 
-class DemoError(Exception):
-    """A step of the demo failed; the message says which and where its log is."""
+__all__ = ["DemoError", "main", "run_demo"]
 
 
 def step(message: str) -> None:
@@ -146,7 +151,12 @@ def run_demo() -> None:
     step("Starting the DialNexa simulator (child process, ephemeral port)")
     with SimulatorProcess(api_key=DEMO_KEY, seed=7) as sim:
         step(f"Simulator listening at {sim.url}")
-        connection = {"conn_type": "dialnexa", "host": sim.url, "password": DEMO_KEY}
+        connection = {
+            "conn_type": "dialnexa",
+            "host": sim.url,
+            "password": DEMO_KEY,
+            "extra": {"webhook_secret": DEMO_WEBHOOK_SECRET},
+        }
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
@@ -167,11 +177,18 @@ def run_demo() -> None:
         conf = json.dumps({"call_ids": list(CALLS), "sqlite_path": str(outcomes_db)})
         step(f"airflow dags test {DAG_ID} -c '{conf}'")
         airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
-        export_runs = run_export_demo(sim, env, demo)
+        # The event-driven part needs a running Airflow: it starts now and boots while the export runs.
+        with AirflowComponents({**env, "DIALNEXA_DEMO_DB": str(demo / "webhook_outcomes.db")}, demo) as stack:
+            step(f"Starting Airflow at {stack.url} (api-server with the webhook receiver, scheduler, dag-processor)")
+            stack.unpause(WEBHOOK_DAG_ID)  # the DAG is in the DB since the dags test above synced dags/
+            export_runs = run_export_demo(sim, env, demo)
+            webhooks = run_webhook_demo(sim, stack, demo)
+        step("Airflow stopped")
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
     report(home / "airflow.db", outcomes_db)
     report_exports(home / "airflow.db", demo / "exported_calls.db", export_runs)
+    report_webhooks(webhooks)
 
 
 # -- the scheduled export (dags/dialnexa_call_export.py) ----------------------------------------------
@@ -241,6 +258,152 @@ def main() -> int:
         return 1
     step(f"Demo finished in {time.monotonic() - started:.0f} s")
     return 0
+
+
+# -- the event-driven path (webhooks -> asset events -> dags/dialnexa_webhook_outcomes.py) --------------
+
+WEBHOOK_DAG_ID = "dialnexa_webhook_outcomes"
+DEMO_WEBHOOK_SECRET = "demo_whsec_7f3a9c1e5b2d4680"  # noqa: S105 - the demo's throwaway secret
+#: Calls that end a few seconds after they are created, each with its own outcome.
+WEBHOOK_CALLS: dict[str, dict[str, Any]] = {
+    "call_wh_completed": {"outcome": "completed", "ring_s": 2, "talk_s": 6},
+    "call_wh_voicemail": {"outcome": "voicemail", "ring_s": 3, "talk_s": 4},
+    "call_wh_busy": {"outcome": "busy", "ring_s": 2, "talk_s": 0},
+    "call_wh_no_answer": {"outcome": "no_answer", "ring_s": 8, "talk_s": 0},
+    "call_wh_failed": {"outcome": "failed", "ring_s": 1, "talk_s": 0},
+    "call_wh_completed_2": {"outcome": "completed", "ring_s": 4, "talk_s": 9},
+}
+WEBHOOK_COLUMNS = ("call_id", "status", "end_reason", "duration_seconds", "loaded_by_run")
+
+
+def register_webhook(env: dict[str, str], url: str) -> dict[str, Any]:
+    """``DialNexaHook().ensure_webhook(url)`` in this process, with the demo's Airflow settings."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AIRFLOW")})  # before Airflow is imported
+    from airflow_provider_dialnexa.hooks.dialnexa import DEFAULT_WEBHOOK_EVENTS, DialNexaHook
+
+    # call_initiated too, only to show the receiver ignoring it when it arrives after call_ended.
+    return DialNexaHook().ensure_webhook(url, [*DEFAULT_WEBHOOK_EVENTS, "call_initiated"])
+
+
+def _loaded(path: Path) -> dict[str, tuple[Any, ...]]:
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        rows = db.execute(f"SELECT {', '.join(WEBHOOK_COLUMNS)} FROM call_outcomes ORDER BY call_id").fetchall()  # noqa: S608
+    except sqlite3.OperationalError:  # the table comes with the first run
+        return {}
+    finally:
+        db.close()
+    return {row[0]: row for row in rows}
+
+
+def run_webhook_demo(sim: SimulatorControls, airflow_: AirflowComponents, demo: Path) -> dict[str, Any]:
+    """Register the receiver, end calls, wait until their asset-triggered runs loaded them; the evidence.
+
+    ``airflow_`` runs (started, ``WEBHOOK_DAG_ID`` being unpaused); its ``DIALNEXA_DEMO_DB`` is where the DAG loads.
+    """
+    from airflow_provider_dialnexa.webhooks import calls_asset_uri, webhook_path
+
+    loaded_db = Path(airflow_.env["DIALNEXA_DEMO_DB"])
+    started = time.monotonic()
+    airflow_.wait_until_up()
+    airflow_.wait_until_parsed(WEBHOOK_DAG_ID)
+    airflow_.wait_until_unpaused(WEBHOOK_DAG_ID)
+    step(f"Airflow is up and {WEBHOOK_DAG_ID} unpaused (waited {time.monotonic() - started:.0f} s more)")
+    url = airflow_.url + webhook_path("dialnexa_default")
+    webhook = register_webhook(airflow_.env, url)
+    step(
+        f"ensure_webhook registered {webhook['id']} for {url} (secret {webhook['secret']}); DialNexa's signed "
+        "verification ping was answered by the receiver"
+    )
+    sim.configure_webhooks(duplicate_rate=0.5, reorder=True, retry_backoff_s=0.5)
+    longest = max(_ends_in(spec) for spec in WEBHOOK_CALLS.values())
+    step(
+        f"Creating {len(WEBHOOK_CALLS)} calls that end within {longest:.0f} s; the simulator sends half of its "
+        "deliveries twice and call_initiated after call_ended"
+    )
+    ended_at = time.monotonic()
+    for call_id, spec in WEBHOOK_CALLS.items():
+        sim.create_call(call_id=call_id, queued_s=0, **spec)
+    runs = airflow_.wait_for_runs(
+        WEBHOOK_DAG_ID,
+        lambda: set(_loaded(loaded_db)) >= set(WEBHOOK_CALLS),
+        timeout=240,
+        what=f"{WEBHOOK_DAG_ID} to load every call",
+    )
+    waited = time.monotonic() - ended_at
+    deliveries = sim.wait_for_deliveries()
+    uri = calls_asset_uri("dialnexa_default")
+    asset = "asset" if airflow_.v3 else "dataset"  # Airflow 2.11 names them datasets
+    events = airflow_.query(
+        f"SELECT e.id, e.extra FROM {asset}_event e JOIN {asset} a ON a.id = e.{asset}_id "  # noqa: S608
+        "WHERE a.uri = ? ORDER BY e.id",
+        uri,
+    )
+    consumed = dict(
+        airflow_.query(
+            f"SELECT r.run_id, COUNT(c.event_id) FROM dag_run r LEFT JOIN dagrun_{asset}_event c "  # noqa: S608
+            "ON c.dag_run_id = r.id WHERE r.dag_id = ? GROUP BY r.id",
+            WEBHOOK_DAG_ID,
+        )
+    )
+    status_requests = [e for call_id in WEBHOOK_CALLS for e in sim.requests(call_id=call_id)]
+    return {
+        "deliveries": [d for d in deliveries if d.call_id in WEBHOOK_CALLS],
+        "events": [json.loads(extra) if isinstance(extra, str | bytes) else extra for _, extra in events],
+        "runs": [(run_id, state, consumed.get(run_id, 0)) for run_id, _, state in runs],
+        "rows": _loaded(loaded_db),
+        "status_requests": len(status_requests),
+        "waited": waited,
+        "loaded_db": loaded_db,
+    }
+
+
+def _ends_in(spec: dict[str, Any]) -> float:
+    return float(spec.get("ring_s", 0)) + float(spec.get("talk_s", 0))
+
+
+def report_webhooks(result: dict[str, Any]) -> None:
+    """Print deliveries, asset events, runs and rows; raise ``DemoError`` unless each call loaded exactly once."""
+    deliveries = result["deliveries"]
+    print(f"\nEvent-driven ({WEBHOOK_DAG_ID}): the simulator's deliveries to the receiver, in order sent:")
+    print(
+        table(
+            [
+                (d.call_id, d.event, d.attempt, d.response_status or d.error_message, "yes" if d.duplicate else "")
+                for d in deliveries
+            ],
+            ("call_id", "event", "attempt", "answer", "duplicate"),
+        )
+    )
+    per_call: dict[str, int] = {}
+    for extra in result["events"]:
+        per_call[extra.get("call_id")] = per_call.get(extra.get("call_id"), 0) + 1
+    once = sorted(per_call.values()) == [1] * len(per_call)
+    print(
+        f"{len(deliveries)} deliveries ({sum(d.duplicate for d in deliveries)} duplicates) -> {len(result['events'])} "
+        f"asset events on dialnexa://dialnexa_default/calls (one per call: {once})"
+    )
+    print("\nAsset-triggered runs (events consumed by each):")
+    print(table(result["runs"], ("run_id", "state", "events"), 60))
+    rows = result["rows"]
+    print(
+        f"\nRows in {result['loaded_db']} (table call_outcomes), loaded {result['waited']:.0f} s after the calls began:"
+    )
+    print(table(list(rows.values()), WEBHOOK_COLUMNS, 60))
+    print(f"Status requests to DialNexa for these calls: {result['status_requests']}")
+    problems = []
+    if set(rows) != set(WEBHOOK_CALLS):
+        problems.append(f"rows {sorted(rows)} instead of {sorted(WEBHOOK_CALLS)}")
+    if per_call != dict.fromkeys(WEBHOOK_CALLS, 1):
+        problems.append(f"asset events per call {per_call}")
+    if any(state != "success" for _, state, _ in result["runs"]):
+        problems.append(f"runs {result['runs']}")
+    if result["status_requests"]:
+        problems.append(f"{result['status_requests']} status requests")
+    if problems:
+        raise DemoError("the event-driven path did not load each call exactly once: " + "; ".join(problems))
 
 
 if __name__ == "__main__":
