@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-airflow2 test-py313 lint compat demo bench simulator clean postgresql
+.PHONY: install test test-airflow2 test-py313 lint compat demo bench bench-webhooks simulator clean postgresql
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+## DialNexa webhook deliveries against a real api-server (docs/benchmarks.md); BENCH_ARGS="--postgres" etc.
+bench-webhooks: $(STAMP) postgresql
+	$(BIN)/python -m benchmarks.webhooks $(BENCH_ARGS)
 
 simulator: $(STAMP)
 	$(BIN)/dialnexa-simulator --port 8089

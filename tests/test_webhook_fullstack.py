@@ -1,7 +1,7 @@
 """Signed deliveries through a real api-server (Airflow 3) or webserver (2.11), with the scheduler, start the
 asset-scheduled test DAG (``tests/dags/dialnexa_webhook_calls.py``), which loads exactly the calls delivered.
 
-One stack per module (SQLite metadata DB); each test makes many checks, since starting Airflow is the cost:
+One stack, one test (SQLite metadata DB; one test so pytest-xdist never starts a second stack), many checks:
 
 * forged, unsigned, replayed-with-another-body, oversized (declared and chunked) and wrong-connection
   requests get 401/413 and record nothing;
@@ -156,15 +156,10 @@ def test_signed_deliveries_start_the_dag_which_loads_exactly_the_calls_delivered
     assert all(event["source"] == "dialnexa_webhook" and "to_number" not in event["call"] for event in events)
     assert all("transcript" not in json.dumps(event) for event in events)
     assert [(call_id, status) for call_id, status, _ in stack.receipts(CONN_ID)] == sorted(BURST.items())
-    for name in ("forged", "signed for another connection"):
-        assert not any("forged" in event.get("call_id", "") for event in events), name
+    assert not [event for event in events if "forged" in event["call_id"]]  # no rejected request left a trace
     assert stack.receipts(OTHER_CONN_ID) == []
 
-
-def test_a_restart_between_a_delivery_and_its_retry_changes_nothing(stack: AirflowStack) -> None:
-    before = loaded(stack)
-    if not before:
-        pytest.skip("needs the burst of the test above")
+    # -- the web server restarts between a delivery and its retry --------------------------------------
     stack.stop("web")
     stack.start_web()
     stack.wait_ready(CONN_ID, SECRET)

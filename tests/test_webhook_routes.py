@@ -1,4 +1,4 @@
-"""The two routes in-process (FastAPI app on Airflow 3, Flask blueprint on 2.11), the plugin, and the sweeper thread.
+"""The route in-process (FastAPI app on Airflow 3, Flask blueprint on 2.11), the plugin, and the sweeper thread.
 
 Only what needs no metadata DB: header names, bounded body reading (413 from the declared length and from a
 chunked body), the identical 401, CSRF exemption, plugin wiring. Recording is covered by
@@ -7,7 +7,9 @@ chunked body), the identical 401, CSRF exemption, plugin wiring. Recording is co
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import io
 import json
 import subprocess
 import sys
@@ -41,108 +43,112 @@ def _conn(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     receiver.secrets_cache.clear()
 
 
-async def _chunks(total: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:
-    sent = 0
-    while sent < total:
-        chunk = b"x" * min(size, total - sent)
-        sent += len(chunk)
-        yield chunk
+# -- the route of this Airflow line: FastAPI app (3) or Flask blueprint (2.11) --------------------------
 
 
-# -- Airflow 3: the FastAPI app ----------------------------------------------------------------------------
+class Route:
+    """POSTs to the receiver of the running Airflow line, in-process; the answer as (status, JSON)."""
+
+    def __init__(self) -> None:
+        if AIRFLOW_V_3:
+            from airflow_provider_dialnexa.webhooks._fastapi import create_app
+
+            self.app: Any = create_app()
+        else:
+            from flask import Flask
+            from flask_wtf.csrf import CSRFProtect
+
+            from airflow_provider_dialnexa.webhooks._flask import create_blueprint
+
+            self.app = Flask(__name__)
+            self.app.config["SECRET_KEY"] = "test"
+            CSRFProtect(self.app)  # as Airflow 2.11's webserver does
+
+            @self.app.route("/other", methods=["POST"])
+            def other() -> str:
+                return "ok"
+
+            self.app.register_blueprint(create_blueprint())
+
+    def request(
+        self, method: str, path: str, content: bytes = b"", headers: dict[str, str] | None = None, chunked: bool = False
+    ) -> tuple[int, Any]:
+        if AIRFLOW_V_3:
+            return asyncio.run(self._asgi(method, path.removeprefix("/dialnexa"), content, headers or {}, chunked))
+        client = self.app.test_client()
+        if chunked:  # what gunicorn hands the app for a chunked body: no length, input terminated
+            response = client.open(
+                path,
+                method=method,
+                input_stream=io.BytesIO(content),
+                headers={**(headers or {}), "Transfer-Encoding": "chunked"},
+                environ_overrides={"wsgi.input_terminated": True},
+            )
+        else:
+            response = client.open(path, method=method, data=content, headers=headers or {})
+        return response.status_code, response.get_json(silent=True)
+
+    async def _asgi(
+        self, method: str, path: str, content: bytes, headers: dict[str, str], chunked: bool
+    ) -> tuple[int, Any]:
+        import httpx
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for start in range(0, len(content), 65536):
+                yield content[start : start + 65536]
+
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api-server") as http:
+            body: Any = pieces() if chunked else content
+            response = await http.request(method, path, content=body, headers=headers)
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, None
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    if not AIRFLOW_V_3:
-        pytest.skip("the FastAPI app serves Airflow 3's api-server")
-    import httpx
-
-    from airflow_provider_dialnexa.webhooks._fastapi import create_app
-
-    transport = httpx.ASGITransport(app=create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://api-server") as http:
-        yield http
+def route(monkeypatch: pytest.MonkeyPatch) -> Route:
+    monkeypatch.setattr(sweeper.sweeper, "ensure_running", lambda: None)  # no thread in these tests
+    return Route()
 
 
-async def test_fastapi_route_answers_per_header_and_body(client: Any) -> None:
-    path = f"/webhooks/{CONN_ID}"
+PATH = f"/dialnexa/webhooks/{CONN_ID}"
+
+
+def test_route_answers_per_header_and_body(route: Route) -> None:
     for header in ("x-nexa-signature", "X-DialNexa-Signature"):
-        response = await client.post(path, content=PING, headers={header: sign(PING, SECRET)})
-        assert (response.status_code, response.json()) == (200, {"status": "verified"})
-    response = await client.post(path, content=IGNORED, headers={"x-nexa-signature": sign(IGNORED, SECRET)})
-    assert response.json() == {"status": "ignored", "event": "call_initiated"}
-    unsigned = await client.post(path, content=PING)
-    forged = await client.post(path, content=PING, headers={"x-nexa-signature": sign(PING, "nope")})
-    no_secret = await client.post("/webhooks/bad%20id", content=PING, headers={"x-nexa-signature": sign(PING, SECRET)})
-    assert {r.status_code for r in (unsigned, forged, no_secret)} == {401}
-    assert {r.content for r in (unsigned, forged, no_secret)} == {json.dumps(UNAUTHORIZED).encode().replace(b" ", b"")}
-    assert (await client.get(path)).status_code == 405
-    assert (await client.get("/docs")).status_code == 404  # nothing else is served without auth
-    assert (await client.get("/openapi.json")).status_code == 404
+        assert route.request("POST", PATH, PING, {header: sign(PING, SECRET)}) == (200, {"status": "verified"})
+    ignored = route.request("POST", PATH, IGNORED, {"x-nexa-signature": sign(IGNORED, SECRET)})
+    assert ignored == (200, {"status": "ignored", "event": "call_initiated"})
+    unauthenticated = [
+        route.request("POST", PATH, PING),
+        route.request("POST", PATH, PING, {"x-nexa-signature": sign(PING, "nope")}),
+        route.request("POST", "/dialnexa/webhooks/bad%20id", PING, {"x-nexa-signature": sign(PING, SECRET)}),
+    ]
+    assert unauthenticated == [(401, UNAUTHORIZED)] * 3
+    assert route.request("GET", PATH)[0] == 405
 
 
-async def test_fastapi_route_bounds_the_body(client: Any) -> None:
-    path = f"/webhooks/{CONN_ID}"
+def test_route_bounds_the_body(route: Route) -> None:
     exact = b" " * (MAX_BODY_BYTES - len(PING)) + PING  # JSON with leading blanks: exactly 1 MiB, authentic
-    response = await client.post(path, content=exact, headers={"x-nexa-signature": sign(exact, SECRET)})
-    assert response.status_code == 200
-    declared = await client.post(path, content=b"x" * (MAX_BODY_BYTES + 1))
-    assert declared.status_code == 413
-    chunked = await client.post(path, content=_chunks(MAX_BODY_BYTES + 1))  # no Content-Length
-    assert chunked.status_code == 413
+    assert route.request("POST", PATH, exact, {"x-nexa-signature": sign(exact, SECRET)})[0] == 200
+    too_big = b" " * MAX_BODY_BYTES + PING
+    signed = {"x-nexa-signature": sign(too_big, SECRET)}
+    assert route.request("POST", PATH, too_big, signed)[0] == 413  # declared length
+    assert route.request("POST", PATH, too_big, signed, chunked=True)[0] == 413  # no Content-Length
 
 
-# -- Airflow 2.11: the Flask blueprint --------------------------------------------------------------------
-
-
-@pytest.fixture
-def flask_client() -> Any:
-    if AIRFLOW_V_3:
-        pytest.skip("the Flask blueprint serves Airflow 2.11's webserver")
-    from flask import Flask
-    from flask_wtf.csrf import CSRFProtect
-
-    from airflow_provider_dialnexa.webhooks._flask import create_blueprint
-
-    app = Flask(__name__)
-    app.config["SECRET_KEY"] = "test"
-    CSRFProtect(app)  # as Airflow 2.11's webserver does
-
-    @app.route("/other", methods=["POST"])
-    def other() -> str:
-        return "ok"
-
-    app.register_blueprint(create_blueprint())
-    return app.test_client()
-
-
-def test_flask_route_answers_and_is_csrf_exempt_alone(flask_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweeper.sweeper, "ensure_running", lambda: None)  # no thread in this test
-    path = f"/dialnexa/webhooks/{CONN_ID}"
-    for header in ("x-nexa-signature", "X-DialNexa-Signature"):
-        response = flask_client.post(path, data=PING, headers={header: sign(PING, SECRET)})
-        assert (response.status_code, response.get_json()) == (200, {"status": "verified"})
-    forged = flask_client.post(path, data=PING, headers={"x-nexa-signature": sign(PING, "nope")})
-    unsigned = flask_client.post(path, data=PING)
-    assert (forged.status_code, forged.get_json()) == (unsigned.status_code, unsigned.get_json()) == (401, UNAUTHORIZED)
-    assert flask_client.post("/other").status_code == 400  # CSRF still guards every other route
-    assert flask_client.get(path).status_code == 405
-
-
-def test_flask_route_bounds_the_body(flask_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
-
-    monkeypatch.setattr(sweeper.sweeper, "ensure_running", lambda: None)
-    path = f"/dialnexa/webhooks/{CONN_ID}"
-    assert flask_client.post(path, data=b"x" * (MAX_BODY_BYTES + 1)).status_code == 413
-    chunked = flask_client.post(
-        path,
-        input_stream=io.BytesIO(b"x" * (MAX_BODY_BYTES + 1)),
-        headers={"Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True},  # what gunicorn sets for a chunked body
-    )
-    assert chunked.status_code == 413
+def test_nothing_else_is_open(route: Route) -> None:
+    if AIRFLOW_V_3:  # the sub-app serves no docs or schema (Airflow mounts it without its auth)
+        assert route.request("GET", "/dialnexa/docs")[0] == 404
+        assert route.request("GET", "/dialnexa/openapi.json")[0] == 404
+        assert [r.path for r in route.app.routes] == ["/webhooks/{conn_id}"]
+    else:  # the CSRF exemption is this blueprint's alone
+        assert route.request("POST", "/other")[0] == 400
+        assert [str(rule) for rule in route.app.url_map.iter_rules() if "dialnexa" in str(rule)] == [
+            "/dialnexa/webhooks/<conn_id>"
+        ]
 
 
 # -- plugin ------------------------------------------------------------------------------------------------
@@ -162,10 +168,13 @@ def test_plugin_serves_exactly_one_app_per_line() -> None:
         assert plugin.fastapi_apps == []
 
 
-def _modules_after(statement: str) -> set[str]:
-    probe = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
-    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+_ADDED_BY_PLUGIN = """
+import json, sys
+from airflow.providers.common.compat.sdk import AirflowPlugin
+before = set(sys.modules)
+import airflow_provider_dialnexa.webhooks.plugin
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
 
 
 def test_plugin_is_an_entry_point_and_importing_it_pulls_in_no_web_framework() -> None:
@@ -173,8 +182,10 @@ def test_plugin_is_an_entry_point_and_importing_it_pulls_in_no_web_framework() -
 
     (entry,) = [ep for ep in importlib.metadata.entry_points(group="airflow.plugins") if ep.name == "dialnexa_webhooks"]
     assert entry.value == "airflow_provider_dialnexa.webhooks.plugin:DialNexaWebhooksPlugin"
-    baseline = _modules_after("from airflow.providers.common.compat.sdk import AirflowPlugin")
-    added = _modules_after("import airflow_provider_dialnexa.webhooks.plugin") - baseline
+    done = subprocess.run(
+        [sys.executable, "-c", _ADDED_BY_PLUGIN], capture_output=True, text=True, check=True, timeout=120
+    )
+    added = set(json.loads(done.stdout.strip().splitlines()[-1]))
     heavy = {"fastapi", "flask", "starlette", "sqlalchemy"}
     assert {name.split(".")[0] for name in added} & heavy == set()
     ours = {name for name in added if name.startswith("airflow_provider_dialnexa")}

@@ -198,8 +198,9 @@ class DialNexaHook(WebhookMixin, BaseHook):
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
     base URL (empty = ``https://api.dialnexa.com``). Extras: ``timeout`` (read timeout, s),
-    ``max_retries``, ``rate_limit_per_minute`` (0 = no budget) and ``polling`` (``batched``/``per_call``),
-    plus ``webhook_secret`` for the webhook receiver and ``ensure_webhook`` (registrations: ``_webhooks.py``).
+    ``max_retries``, ``rate_limit_per_minute`` (0 = no budget), ``polling`` (``batched``/``per_call``) and
+    ``webhook_secret``/``webhook_secret_previous`` (the webhook receiver's signing secrets, docs/webhooks.md;
+    ``ensure_webhook`` registers the receiver with DialNexa, see ``_webhooks.py``).
 
     Creating the hook does no I/O: the connection is read on first use, synchronously in ``get_call``
     and without blocking the event loop in ``aget_call``.

@@ -134,17 +134,26 @@ def get_connection(conn_id: str) -> Any | None:
 
 def find_asset_id(session: Session, uri: str) -> int | None:
     """The id of the asset with this URI (the one named after its URI first, as ``Asset(uri)`` makes it)."""
-    from sqlalchemy import case, select
+    found = find_asset(session, uri)
+    return found[0] if found else None
+
+
+def find_asset(session: Session, uri: str) -> tuple[int, str] | None:
+    """(id, name) of the asset with this URI (the one named after its URI first, as ``Asset(uri)`` makes it)."""
+    from sqlalchemy import case, literal, select
 
     line = airflow_line()
     model = line.asset_model
-    query = select(model.id).where(model.uri == uri)
     if line.v3:
+        query = select(model.id, model.name).where(model.uri == uri)
         query = query.order_by(case((model.name == uri, 0), else_=1), model.id)
-    return session.scalar(query.limit(1))
+    else:
+        query = select(model.id, literal(uri)).where(model.uri == uri)
+    row = session.execute(query.limit(1)).first()
+    return (int(row[0]), str(row[1])) if row else None
 
 
-def create_asset(session: Session, uri: str) -> int:
+def create_asset(session: Session, uri: str) -> tuple[int, str]:
     """Create the calls asset when no DAG declared it yet (see docs/webhooks.md: events are kept, not dropped)."""
     line = airflow_line()
     if line.v3:
@@ -158,19 +167,37 @@ def create_asset(session: Session, uri: str) -> int:
         asset = line.asset_model(uri=uri, extra={})
         session.add(asset)
     session.flush()
-    return int(asset.id)
+    return int(asset.id), uri
 
 
-def register_event(session: Session, asset_id: int, uri: str, extra: dict[str, Any]) -> int:
+@functools.cache
+def _takes_callback_sink() -> bool:
+    import inspect
+
+    return "callback_sink" in inspect.signature(airflow_line().manager.register_asset_change).parameters
+
+
+def register_event(
+    session: Session,
+    asset: tuple[int, str],
+    uri: str,
+    extra: dict[str, Any],
+    after_commit: list[Any] | None = None,
+) -> int:
     """Record one asset (dataset) event through Airflow's own manager, in ``session``'s transaction.
 
     The manager also queues every DAG scheduled on the asset (``AssetDagRunQueue``) and notifies
-    listeners (e.g. OpenLineage), exactly as for an event a task emits. Returns the event id.
+    listeners (e.g. OpenLineage), exactly as for an event a task emits. Where Airflow can defer the
+    notifications (3.x ``callback_sink``), they go to ``after_commit`` for the caller to run once the
+    event is committed, so a rolled-back attempt notifies no one. Returns the event id.
     """
     line = airflow_line()
     if line.v3:
-        model = session.get(line.asset_model, asset_id)
-        event = line.manager.register_asset_change(asset=model, extra=extra, session=session)
+        from airflow.serialization.definitions.assets import SerializedAssetUniqueKey
+
+        key = SerializedAssetUniqueKey(name=asset[1], uri=uri)
+        deferred = {"callback_sink": after_commit} if after_commit is not None and _takes_callback_sink() else {}
+        event = line.manager.register_asset_change(asset=key, extra=extra, session=session, **deferred)
     else:
         from airflow.datasets import Dataset
 
@@ -179,21 +206,3 @@ def register_event(session: Session, asset_id: int, uri: str, extra: dict[str, A
         raise RuntimeError(f"Airflow did not record the event on {uri}")
     session.flush()
     return int(event.id)
-
-
-def lock_asset(session: Session, asset_id: int) -> None:
-    """Serialise this receiver's writes per asset until the transaction ends (PostgreSQL advisory lock).
-
-    Airflow dates an event when it is flushed and windows runs by those dates, so a writer that
-    flushed earlier but commits later than another could fall behind a run's window. Holding the lock
-    from before the flush to the commit orders our writers' dates by commit. SQLite serialises writers
-    by itself; on MySQL the sweeper alone repairs such an event.
-    """
-    from sqlalchemy import text
-
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": _LOCK_SPACE, "key": asset_id})
-
-
-#: The first key of our advisory locks ("DN" + 1), so they never collide with another application's.
-_LOCK_SPACE = 0x444E0001

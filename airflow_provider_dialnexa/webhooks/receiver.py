@@ -27,6 +27,7 @@ from typing import Any
 from airflow_provider_dialnexa._connection import webhook_secrets
 from airflow_provider_dialnexa.webhooks import signature
 from airflow_provider_dialnexa.webhooks.events import Kind, MalformedEventError, parse
+from airflow_provider_dialnexa.webhooks.store import Outcome
 from airflow_provider_dialnexa.webhooks.uri import valid_conn_id
 
 log = logging.getLogger("airflow_provider_dialnexa.webhooks")
@@ -158,16 +159,30 @@ def handle(
             event.status,
         )
         return Reply(503, {"detail": "The event could not be recorded; retry later"})
-    log.info("DialNexa webhook for %r: call %r ended (%s): %s", conn_id, event.call_id, event.status, outcome.value)
+    log.log(
+        logging.INFO if outcome is Outcome.RECORDED else logging.DEBUG,
+        "DialNexa webhook for %r: call %r ended (%s): %s",
+        conn_id,
+        event.call_id,
+        event.status,
+        outcome.value,
+    )
     if on_recorded is not None:
         on_recorded()
     return Reply(200, {"status": outcome.value, "call_id": event.call_id, "call_status": event.status})
 
 
-def _record(conn_id: str, event: Any) -> Any:
+def _record(conn_id: str, event: Any) -> Outcome:
     from airflow.utils.session import create_session
 
     from airflow_provider_dialnexa.webhooks.store import record
 
+    notifications: list[Callable[[], None]] = []
     with create_session() as session:  # commits on success, rolls back on any exception
-        return record(session, conn_id, event)
+        outcome = record(session, conn_id, event, after_commit=notifications)
+    for notify in notifications:  # Airflow's listeners, told only about a committed event
+        try:
+            notify()
+        except Exception:  # the event is committed: a listener's failure must not turn it into a 503
+            log.exception("DialNexa webhook for %r: an asset listener failed on call %r", conn_id, event.call_id)
+    return outcome

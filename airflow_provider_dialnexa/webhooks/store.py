@@ -80,19 +80,25 @@ def ensure_table(engine: Engine) -> None:
         _ready.add(key)
 
 
-def record(session: Session, conn_id: str, event: WebhookEvent, *, now: float | None = None) -> Outcome:
+def record(
+    session: Session,
+    conn_id: str,
+    event: WebhookEvent,
+    *,
+    now: float | None = None,
+    after_commit: list[Any] | None = None,
+) -> Outcome:
     """Record one call-ended event exactly once; the caller commits ``session`` (or rolls it back on error).
 
-    Order matters: the advisory lock (PostgreSQL) before anything is dated, the receipt before the
-    event, so a duplicate fails on the key before an event exists (and the transaction is rolled back).
-    A second delivery of the same (connection, call, status) waits for the first transaction, then finds
-    its receipt.
+    ``after_commit`` collects Airflow's listener notifications to run after the commit (where supported).
+    Order matters: the receipt before the event, so a duplicate fails on the key before an event exists
+    (and the transaction is rolled back). A concurrent delivery of the same (connection, call, status)
+    waits on the key for the first transaction, then finds its receipt (or, if that one rolled back,
+    records the event itself).
     """
     ensure_table(session.get_bind().engine)  # type: ignore[union-attr]
     uri = calls_asset_uri(conn_id)
-    asset_id = _adapter.find_asset_id(session, uri)
-    if asset_id is not None:
-        _adapter.lock_asset(session, asset_id)
+    asset = _adapter.find_asset(session, uri)
     receipt = {
         "conn_id": conn_id,
         "call_id": event.call_id,
@@ -108,16 +114,15 @@ def record(session: Session, conn_id: str, event: WebhookEvent, *, now: float | 
     except IntegrityError:
         session.rollback()  # nothing else was written in this transaction
         return Outcome.DUPLICATE
-    if asset_id is None:
-        asset_id = _adapter.create_asset(session, uri)
-        _adapter.lock_asset(session, asset_id)
+    if asset is None:
+        asset = _adapter.create_asset(session, uri)
         log.warning(
             "DialNexa webhook: no DAG declares %s yet; created the asset so the event is kept "
             "(schedule a DAG on calls_ended_asset(%r) to consume such events)",
             uri,
             conn_id,
         )
-    event_id = _adapter.register_event(session, asset_id, uri, event.asset_extra(conn_id))
+    event_id = _adapter.register_event(session, asset, uri, event.asset_extra(conn_id), after_commit)
     session.execute(
         update(receipts)
         .where(

@@ -5,7 +5,8 @@ per (asset, DAG) (``AssetDagRunQueue`` / ``DatasetDagRunQueue``). The scheduler 
 the row's ``created_at`` (events dated after it are left for the *next* run) and then deletes the row.
 An event recorded while the row already existed (a burst) adds no row, so after that run it waits for
 another delivery, which may never come. Rarely, an event can also be dated before a run's window ends
-yet commit after the run read the events (another writer's clock, another asset of an OR schedule).
+yet commit after the run read the events (concurrent writers on PostgreSQL/MySQL, another replica's
+clock, another asset of an OR schedule): the next window starts after its date, so no run would take it.
 
 What the sweeper does, in the api-server (webserver) process, every ``SWEEP_INTERVAL`` seconds while
 receipts are pending (``IDLE_INTERVAL`` otherwise, to pick up receipts another replica left):
