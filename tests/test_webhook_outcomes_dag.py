@@ -34,7 +34,7 @@ def delivery(event: str, call_id: str, status: str, **fields: Any) -> dict[str, 
 @contextmanager
 def runs_consume(extras: list[dict[str, Any]]) -> Iterator[None]:
     """Make the run ``dag.test()`` creates consume one asset event per ``extra`` (as an asset-triggered run)."""
-    from airflow_provider_dialnexa.webhooks._adapter import airflow_line, create_asset, find_asset_id
+    from airflow_provider_dialnexa.webhooks._adapter import airflow_line, create_asset, find_asset
 
     line = airflow_line()
     import importlib
@@ -48,7 +48,7 @@ def runs_consume(extras: list[dict[str, Any]]) -> Iterator[None]:
         run = original(*args, **kwargs)
         session = kwargs["session"]
         uri = calls_asset_uri("dialnexa_default")
-        asset_id = find_asset_id(session, uri) or create_asset(session, uri)
+        asset_id, _ = find_asset(session, uri) or create_asset(session, uri)  # (id, name)
         consumed = run.consumed_asset_events if AIRFLOW_V_3 else run.consumed_dataset_events
         for extra in extras:
             key = "asset_id" if AIRFLOW_V_3 else "dataset_id"
