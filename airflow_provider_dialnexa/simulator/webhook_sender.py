@@ -44,6 +44,9 @@ class Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._client: httpx.AsyncClient | None = None
+        #: Deliveries queue here, never in httpx's pool: httpcore rescans every queued request on each pool event,
+        #: so thousands of queued deliveries would spin this thread and starve the API's thread of the GIL.
+        self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: The last delivery sequence per (webhook, call): the next one for the same pair waits for it, so a
         #: call's events arrive in order (unless the ``reorder`` fault says otherwise) while calls run in parallel.
@@ -108,6 +111,7 @@ class Sender:
         self._wake = asyncio.Event()
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
         self._client = httpx.AsyncClient(follow_redirects=False, limits=limits)
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         ready.set()
         try:
             while not self._stopping:
@@ -194,9 +198,11 @@ class Sender:
     ) -> tuple[int | None, str | None]:
         """One signed POST: ``(status, None)`` on an answer, ``(None, reason)`` on a timeout or transport error."""
         assert self._client is not None
+        assert self._slots is not None
         headers = {"content-type": "application/json", "user-agent": agent, cfg.signature_header: sign(secret, body)}
         try:
-            response = await self._client.post(url, content=body, headers=headers, timeout=limit_s)
+            async with self._slots:
+                response = await self._client.post(url, content=body, headers=headers, timeout=limit_s)
         except httpx.TimeoutException:
             return None, f"timed out after {limit_s * 1000:.0f} ms"
         except httpx.HTTPError as exc:
