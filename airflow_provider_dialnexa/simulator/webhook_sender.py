@@ -18,14 +18,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from airflow_provider_dialnexa.simulator.webhooks import (
-    USER_AGENT,
-    VERIFICATION_USER_AGENT,
-    Outgoing,
-    WebhookConfig,
-    iso8601,
-    sign,
-)
+from airflow_provider_dialnexa.simulator.webhook_payloads import iso8601, sign
+from airflow_provider_dialnexa.simulator.webhooks import USER_AGENT, VERIFICATION_USER_AGENT, Outgoing, WebhookConfig
 
 if TYPE_CHECKING:
     from airflow_provider_dialnexa.simulator.webhooks import WebhookHub

@@ -7,7 +7,7 @@
 * When a call is initiated and when it ends, every active webhook subscribed to the event gets a delivery,
   signed ``sha256=<hex>`` (HMAC-SHA256 of the raw body with the webhook's secret) in ``x-nexa-signature``
   or ``x-dialnexa-signature`` (the docs disagree: ``signature_header``), with DialNexa-like retries.
-  Deliveries are sent by :class:`~airflow_provider_dialnexa.simulator.webhook_sender.Sender` on its own
+  Bodies are built by ``webhook_payloads.py``; deliveries are sent by ``webhook_sender.Sender`` on its own
   thread, never on the API's request path. Faults: duplicates, delays, ``call_initiated`` after ``call_ended``.
 
 This module knows nothing of ``SimState``: the state hands it a ``view`` of a call (``CallView``) and tells
@@ -17,9 +17,7 @@ it when call events are due (``schedule``); it never takes the state's lock whil
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import heapq
-import hmac
 import itertools
 import json
 import math
@@ -27,11 +25,20 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
+from airflow_provider_dialnexa.simulator.webhook_payloads import (
+    CallView,
+    EventStyle,
+    Kind,
+    event_bodies,
+    iso8601,
+    sign,
+)
 from airflow_provider_dialnexa.status import TERMINAL, normalise
+
+__all__ = ["WEBHOOK_ROUTES", "ApiRefusal", "CallView", "Delivery", "WebhookConfig", "WebhookHub", "sign"]
 
 MASK = "********"
 SIGNATURE_HEADERS = ("x-nexa-signature", "x-dialnexa-signature")
@@ -42,31 +49,6 @@ WEBHOOK_ROUTES = ("webhook_list", "webhook_create", "webhook_get", "webhook_upda
 MAX_URL_LENGTH = 150
 _FIELDS = ("url", "events", "secret", "is_active")
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-#: Outcome -> the dotted event name of the OpenAPI / Register Webhook pages (``call.completed`` ...).
-_DOTTED: dict[str, str] = {
-    "completed": "call.completed",
-    "voicemail": "call.completed",
-    "no_answer": "call.no_answer",
-    "did_not_pick": "call.no_answer",
-    "retry_expired": "call.no_answer",
-}
-#: Outcomes where someone (or a voicemail box) answered: ``call_ended`` says ``completed``, else ``hangup``.
-_CONNECTED = frozenset({"completed", "voicemail"})
-_STARTED_NAMES = frozenset({"call_initiated", "call.started"})
-_ENDED_NAMES = frozenset({"call_ended", "call.ended"})
-
-EventStyle = Literal["underscore", "dotted", "flat", "both"]
-Kind = Literal["initiated", "ended"]
-
-
-def sign(secret: str, body: bytes) -> str:
-    """DialNexa's signature header value: ``sha256=`` + hex HMAC-SHA256 of the raw body, keyed by the secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def iso8601(t: float) -> str:
-    dt = datetime.fromtimestamp(t, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{dt.microsecond // 1000:03d}Z"
 
 
 @dataclasses.dataclass
@@ -155,14 +137,6 @@ class Delivery(NamedTuple):
     t: float
 
 
-class CallView(NamedTuple):
-    """What the state shows of a call when one of its events is sent."""
-
-    record: dict[str, Any]
-    initiated_at: float
-    scripted: bool
-
-
 class Outgoing(NamedTuple):
     """One delivery to make: its webhook, event, call and body; ``twice`` sends it again once it is over."""
 
@@ -180,86 +154,6 @@ class ApiRefusal(Exception):
         super().__init__(status, message)
         self.status = status
         self.message = message
-
-
-def _digits(number: Any) -> Any:
-    """Numbers as the webhook examples write them: without ``+`` (``12137771234``)."""
-    return "".join(ch for ch in number if ch.isdigit()) if isinstance(number, str) else number
-
-
-def _first(record: Mapping[str, Any], *keys: str) -> Any:
-    return next((record[key] for key in keys if record.get(key) is not None), None)
-
-
-def call_object(view: CallView, kind: Kind, *, dotted: bool = False) -> dict[str, Any]:
-    """The ``payload.call`` object of a ``call_initiated``/``call_ended`` delivery (webhook reference, S16/S35)."""
-    rec = view.record
-    batch = rec.get("batch_id")
-    call: dict[str, Any] = {
-        "id": rec["id"],
-        "direction": rec.get("call_direction", "outbound"),
-        "type": "phone_call",
-        "category": "batch" if batch else "api",
-        "category_id": batch,
-        "from_number": _digits(_first(rec, "from_number", "from_phone_number")),
-        "to_number": _digits(_first(rec, "to_number", "to_phone_number")),
-        "status": "initiated",
-        "agent_id": rec.get("agent_id"),
-        "initiated_at": iso8601(view.initiated_at),
-    }
-    if kind == "initiated":
-        return call
-    outcome = normalise(rec.get("status"))
-    reason = rec.get("end_reason")
-    if outcome in _CONNECTED:
-        call.update(
-            status="completed",
-            duration=_first(rec, "duration", "duration_seconds"),
-            transcript=rec.get("transcript"),
-            summary=rec.get("summary"),
-            recording_url=rec.get("recording_url"),
-            post_call_analysis=_first(rec, "post_call_analysis", "analysis"),
-            hangup_reason=reason,
-        )
-    else:
-        call.update(status="hangup", hangup_reason=reason, disconnection_reason=reason)
-    if dotted:  # the dotted names come from the generation whose records use the status enum
-        call["status"] = rec.get("status")
-    return call
-
-
-def event_bodies(view: CallView, kind: Kind, style: EventStyle) -> list[tuple[str, frozenset[str], dict[str, Any]]]:
-    """``(event name, subscription names that select it, body)`` of every delivery one call event makes."""
-    if kind == "initiated":
-        names = _STARTED_NAMES
-        if style == "flat":
-            return [("call.started", names, _flat("call.started", view))]
-        name = "call.started" if style == "dotted" else "call_initiated"
-        return [(name, names, {"event_type": name, "payload": {"call": call_object(view, kind)}})]
-    dotted = _DOTTED.get(normalise(view.record.get("status")), "call.failed")
-    names = _ENDED_NAMES | {dotted}
-    if style == "flat":
-        return [("call.ended", names, _flat("call.ended", view))]
-    out = []
-    if style in ("underscore", "both"):
-        out.append(("call_ended", names, {"event_type": "call_ended", "payload": {"call": call_object(view, kind)}}))
-    if style in ("dotted", "both"):
-        body = {"event_type": dotted, "payload": {"call": call_object(view, kind, dotted=True)}}
-        out.append((dotted, names, body))
-    return out
-
-
-def _flat(event: str, view: CallView) -> dict[str, Any]:
-    """The older flat shape (S27): no call object, no status."""
-    rec = view.record
-    return {
-        "event": event,
-        "workspace_id": "ws_simulator",
-        "session_id": rec["id"],
-        "agent_id": rec.get("agent_id"),
-        "phone_number": _digits(_first(rec, "to_number", "to_phone_number")),
-        "timestamp": iso8601(time.time()),
-    }
 
 
 def _valid_url(url: str) -> bool:
