@@ -83,9 +83,24 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": integration, "python-modules": [modules.format("hooks")]}],
-        "sensors": [{"integration-name": integration, "python-modules": [modules.format("sensors")]}],
-        "operators": [{"integration-name": integration, "python-modules": [modules.format("operators")]}],
-        "triggers": [{"integration-name": integration, "python-modules": [modules.format("triggers")]}],
+        "sensors": [
+            {
+                "integration-name": integration,
+                "python-modules": [modules.format("sensors"), "airflow_provider_dialnexa.sensors.batch"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": integration,
+                "python-modules": [modules.format("operators"), "airflow_provider_dialnexa.operators.batch"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": integration,
+                "python-modules": [modules.format("triggers"), "airflow_provider_dialnexa.triggers.batch"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "dialnexa",

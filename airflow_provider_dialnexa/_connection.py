@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,6 +67,57 @@ def _config_error(conn_id: str, problem: str) -> DialNexaConfigError:
     return DialNexaConfigError(f"DialNexa connection {conn_id!r}: {problem}", conn_id=conn_id)
 
 
+def connection_env_var(conn_id: str) -> str:
+    """The environment variable Airflow reads a connection from (``AIRFLOW_CONN_<ID>``)."""
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def missing_connection_message(conn_id: str) -> str:
+    """What to do when the connection does not exist: the two usual ways to define it."""
+    example = json.dumps({"conn_type": "dialnexa", "password": "<key_id>:<secret>"})
+    return (
+        f"DialNexa connection {conn_id!r} is not defined. Define it for every Airflow process, e.g. "
+        f"export {connection_env_var(conn_id)}='{example}' (dialnexa-simulator prints the line for itself), "
+        "or in the UI/CLI as type 'dialnexa' with the API key as password; or set dialnexa_conn_id to an "
+        "existing connection"
+    )
+
+
+def did_you_mean(value: str, choices: tuple[str, ...] | list[str] | frozenset[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
+    close = difflib.get_close_matches(value, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def polling_mode(value: object, where: str = "polling", *, or_none: bool = False) -> str:
+    """A polling mode in its canonical spelling (``per-call`` -> ``per_call``); ``ValueError`` naming the modes."""
+    mode = str(value).strip().lower().replace("-", "_")
+    if not isinstance(value, str) or mode not in POLLING_MODES:
+        choices = f"{POLLING_MODES}{' or None (the connection extra decides)' if or_none else ''}"
+        raise ValueError(f"{where} must be one of {choices}, got {value!r}{did_you_mean(mode, POLLING_MODES)}")
+    return mode
+
+
+def _is_loopback(hostname: str) -> bool:
+    name = hostname.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_scheme_hint(host: str, port: int | None) -> str:
+    """The base URL to suggest for a host given without a scheme: its port kept, ``http://`` on loopback."""
+    netloc = host.rstrip("/")
+    if port and not urlsplit(f"//{netloc}").port:
+        netloc = f"{netloc}:{port}"
+    hostname = urlsplit(f"//{netloc}").hostname or netloc
+    scheme = "http" if _is_loopback(hostname) else "https"
+    return f"{scheme}://{netloc}"
+
+
 def normalise_base_url(conn_id: str, host: str | None, schema: str | None, port: int | None) -> str:
     """Base URL without a trailing ``/`` or ``/v1``; empty host means DialNexa's production URL."""
     host = (host or "").strip()
@@ -73,10 +127,9 @@ def normalise_base_url(conn_id: str, host: str | None, schema: str | None, port:
         if (schema or "").lower() in ("http", "https"):
             host = f"{schema.lower()}://{host}"  # type: ignore[union-attr]
         else:
-            raise _config_error(
-                conn_id,
-                f"host {host!r} has no scheme; set it to 'https://{host}' (or leave it empty for {DEFAULT_BASE_URL})",
-            )
+            hint = _with_scheme_hint(host, port)
+            also = "" if hint.startswith("http://") else f" (or leave it empty for {DEFAULT_BASE_URL})"
+            raise _config_error(conn_id, f"host {host!r} has no scheme; set it to {hint!r}{also}")
     parts = urlsplit(host)
     if parts.scheme.lower() not in ("http", "https"):
         raise _config_error(conn_id, f"host scheme {parts.scheme!r} is not supported; use https://")
@@ -132,7 +185,8 @@ def settings_from_connection(
     for raw_name, value in (extra or {}).items():
         name = raw_name.removeprefix(_EXTRA_PREFIX)
         if name not in _KNOWN_EXTRAS:
-            warnings.append(f"DialNexa connection {conn_id!r}: ignoring unknown extra {raw_name!r}")
+            guess = did_you_mean(name, _KNOWN_EXTRAS) or f" (known extras: {', '.join(_KNOWN_EXTRAS)})"
+            warnings.append(f"DialNexa connection {conn_id!r}: ignoring unknown extra {raw_name!r}{guess}")
         elif value is not None and value != "":
             values[name] = value
     settings = ConnectionSettings(
@@ -150,10 +204,10 @@ def settings_from_connection(
             conn_id, "rate_limit_per_minute", values["rate_limit_per_minute"], 0, 100_000, integer=False
         )
     if "polling" in values:
-        polling = str(values["polling"]).strip().lower().replace("-", "_")
-        if polling not in POLLING_MODES:
-            raise _config_error(conn_id, f"extra 'polling' must be one of {POLLING_MODES}, got {polling!r}")
-        changes["polling"] = polling
+        try:
+            changes["polling"] = polling_mode(str(values["polling"]), "extra 'polling'")
+        except ValueError as exc:
+            raise _config_error(conn_id, str(exc)) from None
     changes.update(webhook_secrets(values))
     if changes:
         settings = ConnectionSettings(**{**settings.__dict__, **changes})

@@ -6,7 +6,8 @@ the scheduler and the dag-processor, or the webserver and the scheduler on Airfl
 runs in its own process group with its output in ``<logs>/<component>.log``; waits poll the SQLite
 metadata DB (read-only) with a deadline and end early, with the logs' tails, when a component dies.
 
-Any demo step can use one ``AirflowComponents``: unpause its DAG, make something happen, ``wait_for_runs``.
+Any demo step can use one ``AirflowComponents``: unpause its DAG (before, with ``airflow dags unpause``, or with
+``unpause``), make something happen, ``wait_for_runs`` (or ``wait_for`` with its own probe of the DB).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 T = TypeVar("T")
-_JWT_SECRET = "demo-jwt-secret-0123456789abcdef"  # noqa: S105 - signs the demo's task tokens, nothing else
+_JWT_SECRET = "demo-jwt-secret-" + "0123456789abcdef" * 4  # signs the demo's task tokens only
 
 
 class DemoError(Exception):
@@ -68,6 +69,8 @@ class AirflowComponents:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor" if self.v3 else "SequentialExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            # The scheduler's log server: a free port, not 8793 (another Airflow on the machine may hold it).
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             # Executors start `airflow ...` by name: this interpreter's first.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
@@ -85,23 +88,33 @@ class AirflowComponents:
     def start(self, *components: str) -> Self:
         """Start ``components`` (default: the web server, the scheduler and, on Airflow 3, the dag-processor).
 
-        ``"web"`` is the api-server (Airflow 3, every app, so provider plugins are mounted) or the webserver.
+        ``"web"`` is the api-server (Airflow 3, every app, so provider plugins are mounted) or the webserver. It
+        starts first, and the others once it answers: tasks need its execution API from their first second.
         """
-        for name in components or ("web", "scheduler", *(("dag-processor",) if self.v3 else ())):
-            if name == "web":
-                args = ["api-server", "--port", str(self.port)] if self.v3 else ["webserver", "--port", str(self.port)]
-                args += ["--host" if self.v3 else "--hostname", "127.0.0.1", "--workers", "1"]
-            else:
-                args = [name]
-            with (self.logs / f"{name}.log").open("ab") as log:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "airflow", *args],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: stopped with every child it forks
-                )
+        names = list(components or ("web", "scheduler", *(("dag-processor",) if self.v3 else ())))
+        if "web" in names:
+            names.remove("web")
+            self._spawn("web")
+            self.wait_until_up()
+        for name in names:
+            self._spawn(name)
         return self
+
+    def _spawn(self, name: str) -> None:
+        """One component in its own process group, its output in ``<logs>/<name>.log``."""
+        if name == "web":
+            args = ["api-server", "--port", str(self.port)] if self.v3 else ["webserver", "--port", str(self.port)]
+            args += ["--host" if self.v3 else "--hostname", "127.0.0.1", "--workers", "1"]
+        else:
+            args = [name]
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped with every child it forks
+            )
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM every component's process group, then SIGKILL what is left."""
@@ -118,7 +131,8 @@ class AirflowComponents:
             proc.wait()
 
     def __enter__(self) -> Self:
-        return self.start() if not self.procs else self
+        """``with AirflowComponents(...) as stack: stack.start(...)``: whatever was started stops at the block's end."""
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

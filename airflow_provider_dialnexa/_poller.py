@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from airflow_provider_dialnexa._validation import validate_call_id
@@ -34,6 +34,8 @@ BATCH_WINDOW = 1.0
 # Errors of the List Calls route itself: the deployment does not offer it to this key.
 _ROUTE_REFUSED = (DialNexaBadRequestError, DialNexaPermissionError, DialNexaNotFoundError)
 
+_Waiters = dict[str, list[asyncio.Future[dict[str, Any]]]]
+
 
 class BatchPoller:
     """Fetches call records for every trigger of one event loop and connection id."""
@@ -45,9 +47,12 @@ class BatchPoller:
         #: When (``hook_module._clock()``) the deployment refused List Calls; None while it is allowed.
         self.refused_at: float | None = None
         self.users = 0
-        self._pending: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._pending: _Waiters = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
+        #: Batches in flight and the waiters each answers (``stop`` settles them when it cancels the batch).
+        self._batches: dict[asyncio.Task[None], _Waiters] = {}
+        #: Tasks ``stop`` cancelled, until they have ended (``stopped`` waits for them).
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @property
     def list_refused(self) -> bool:
@@ -98,11 +103,13 @@ class BatchPoller:
             due, self._pending = self._pending, {}
             ids = list(due)
             for i in range(0, len(ids), self.batch_size):
-                batch = asyncio.create_task(
-                    self._fetch_batch({call_id: due[call_id] for call_id in ids[i : i + self.batch_size]})
-                )
-                self._batches.add(batch)
-                batch.add_done_callback(self._batches.discard)
+                waiters = {call_id: due[call_id] for call_id in ids[i : i + self.batch_size]}
+                batch = asyncio.create_task(self._fetch_batch(waiters), name="dialnexa-batch")
+                self._batches[batch] = waiters
+                batch.add_done_callback(self._forget_batch)
+
+    def _forget_batch(self, batch: asyncio.Task[None]) -> None:
+        self._batches.pop(batch, None)
 
     async def _list(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Records of ``ids`` by List Calls; ids a capped page could not hold are listed again."""
@@ -119,7 +126,7 @@ class BatchPoller:
                 records.update(await self._list(rest[i : i + server_limit]))
         return records
 
-    async def _fetch_batch(self, waiters: dict[str, list[asyncio.Future[dict[str, Any]]]]) -> None:
+    async def _fetch_batch(self, waiters: _Waiters) -> None:
         """List the ids and answer each listed one at once; ids the list did not return get their own Get Call
         (which also yields the proper 404/403), each answered when its own call is done.
         """
@@ -154,10 +161,27 @@ class BatchPoller:
             self._settle(futures, record=record)
 
     def stop(self) -> None:
-        """Cancel the flush loop and the batches in flight (its last user left: nobody waits for them)."""
-        for task in (self._flusher, *self._batches):
-            if task is not None:
-                task.cancel()
+        """Cancel the flush loop and the batches in flight (its last user left), and settle their waiters.
+
+        A waiter left behind (e.g. a read its trigger did not cancel) is cancelled rather than left pending
+        forever; ``stopped()`` waits until the cancelled tasks have ended.
+        """
+        tasks = [task for task in (self._flusher, *self._batches) if task is not None and not task.done()]
+        waiters = [self._pending, *self._batches.values()]
+        self._pending, self._batches = {}, {}
+        for task in tasks:
+            task.cancel()
+        for by_id in waiters:
+            for futures in by_id.values():
+                for future in futures:
+                    future.cancel()
+        self._stopping.update(tasks)
+
+    async def stopped(self) -> None:
+        """Return once every task ``stop`` cancelled has ended (nothing of the poller outlives its users)."""
+        while self._stopping:
+            tasks, self._stopping = self._stopping, set()
+            await asyncio.wait(tasks)
 
     @staticmethod
     def _settle(
@@ -185,6 +209,18 @@ _refused: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, float]]
 def active_pollers() -> dict[str, BatchPoller]:
     """This event loop's live pollers by connection id (for tests and benchmarks)."""
     return dict(_pollers.get(asyncio.get_running_loop(), {}))
+
+
+@asynccontextmanager
+async def shared_poller(conn_id: str) -> AsyncIterator[BatchPoller]:
+    """``batch_poller`` for a trigger: on leaving, the last user also waits until the poller's tasks have ended."""
+    poller: BatchPoller | None = None
+    try:
+        with batch_poller(conn_id) as poller:
+            yield poller
+    finally:
+        if poller is not None:
+            await poller.stopped()
 
 
 @contextmanager

@@ -14,6 +14,15 @@ _MISSING_VALUES = frozenset({"none", "null", "undefined", "nan"})
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 
 
+def arrives_at_run_time(value: object) -> bool:
+    """True for a value Airflow fills in when the task runs: a Jinja template, or task output (``XComArg``,
+    ``task.output``, ``upstream()``, a mapped argument). Such values are checked once rendered, before any request.
+    """
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    return callable(getattr(value, "resolve", None)) and callable(getattr(value, "iter_references", None))
+
+
 def validate_call_id(call_id: object) -> str:
     """Return ``call_id`` if it is safe to put in a URL path, else raise ``InvalidCallIdError``.
 

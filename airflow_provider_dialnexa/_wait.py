@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._connection import POLLING_MODES
+from airflow_provider_dialnexa._connection import polling_mode
 from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, error_from_event
 from airflow_provider_dialnexa.policy import PollPolicy
 from airflow_provider_dialnexa.triggers.dialnexa import ERROR, TIMEOUT, DialNexaCallTrigger, validate_event
@@ -34,8 +34,13 @@ def failure_status_set(statuses: Iterable[str]) -> frozenset[str]:
 def check_wait_options(poll_interval: float, max_poll_interval: float, polling: str | None) -> None:
     """Reject a poll policy or polling mode the trigger would refuse, at DAG parse time, not in the triggerer."""
     PollPolicy(poll_interval, max_poll_interval)
-    if polling is not None and polling not in POLLING_MODES:
-        raise ValueError(f"polling must be one of {POLLING_MODES} or None, got {polling!r}")
+    polling_option(polling)
+
+
+def polling_option(polling: object, task_id: str | None = None) -> str | None:
+    """A task's ``polling`` argument, checked when the DAG is parsed: None (the connection's extra) or a mode."""
+    where = f"Task {task_id!r}: polling" if task_id else "polling"
+    return None if polling is None else polling_mode(polling, where, or_none=True)
 
 
 def outcome(call_id: str, raw_status: object, failure_statuses: frozenset[str]) -> dict[str, str]:

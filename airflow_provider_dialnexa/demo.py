@@ -5,11 +5,16 @@ builds a fresh ``.demo/airflow_home`` (SQLite, the repo's ``dags/``, the connect
 ``airflow db migrate`` and ``airflow dags test dialnexa_call_outcomes`` with those call ids, then prints
 what reached XCom and the rows loaded into SQLite. Then it seeds three past hours of calls (the first of each
 hour exactly on the hour edge) and runs ``dialnexa_call_export`` once per hour, printing each interval's
-count and checking every call was loaded exactly once. Finally the event-driven path: a real Airflow
-(api-server with the provider's webhook receiver, scheduler, dag-processor) starts, ``ensure_webhook``
-registers the receiver with the simulator, six calls end, the simulator posts signed deliveries (some
-twice, ``call_initiated`` after ``call_ended``), the receiver records one asset event per call and
-``dialnexa_webhook_outcomes`` runs on them and loads each call once, without a request to DialNexa.
+count and checking every call was loaded exactly once.
+
+Then a real Airflow runs (api-server with the provider's webhook receiver and the execution API, and a
+scheduler; ``AirflowComponents``) for the asset-scheduled DAGs, unpaused beforehand (all others stay
+paused): ``dialnexa_call_export_check``, scheduled on the export's asset alias, runs until it has checked
+every exported file; then the event-driven path: ``ensure_webhook`` registers the receiver with the
+simulator, six calls end, the simulator posts signed deliveries (some twice, ``call_initiated`` after
+``call_ended``), the receiver records one asset event per call and ``dialnexa_webhook_outcomes`` loads each
+call once, without a request to DialNexa. Last, the campaign DAG runs once with ``dags test``.
+
 The simulator and Airflow are stopped whatever happens; the exit code is non-zero when anything failed.
 Airflow's own output goes to ``.demo/*.log``.
 """
@@ -177,17 +182,27 @@ def run_demo() -> None:
         conf = json.dumps({"call_ids": list(CALLS), "sqlite_path": str(outcomes_db)})
         step(f"airflow dags test {DAG_ID} -c '{conf}'")
         airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
-        # The event-driven part needs a running Airflow: it starts now and boots while the export runs.
-        with AirflowComponents({**env, "DIALNEXA_DEMO_DB": str(demo / "webhook_outcomes.db")}, demo) as stack:
-            step(f"Starting Airflow at {stack.url} (api-server with the webhook receiver, scheduler, dag-processor)")
-            stack.unpause(WEBHOOK_DAG_ID)  # the DAG is in the DB since the dags test above synced dags/
-            export_runs = run_export_demo(sim, env, demo)
+        unpause_scheduled_dags(env, demo)
+        export_runs = run_export_demo(sim, env, demo)
+        # One running Airflow serves every asset-scheduled step: the check after the exports, the webhooks.
+        stack_env = {
+            **env,
+            "DIALNEXA_DEMO_DB": str(demo / "exported_calls.db"),  # the check records windows next to the rows
+            "DIALNEXA_WEBHOOK_DB": str(demo / "webhook_outcomes.db"),
+        }
+        stack_started = time.monotonic()
+        with AirflowComponents(stack_env, demo) as stack:
+            stack.start("web", "scheduler")
+            step(f"Started Airflow at {stack.url}: api-server (webhook receiver, execution API) and scheduler")
+            checks = run_check_demo(stack)
             webhooks = run_webhook_demo(sim, stack, demo)
-        step("Airflow stopped")
+        step(f"Airflow stopped ({time.monotonic() - stack_started:.0f} s from its start, both steps included)")
+        run_campaign_demo(sim, env, demo)
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
     report(home / "airflow.db", outcomes_db)
     report_exports(home / "airflow.db", demo / "exported_calls.db", export_runs)
+    report_checks(checks)
     report_webhooks(webhooks)
 
 
@@ -221,6 +236,12 @@ def run_export_demo(sim: SimulatorControls, env: dict[str, str], demo: Path) -> 
     return expected
 
 
+def shown_path(path: str) -> str:
+    """A file path relative to the current directory when it lies below it (``.demo/exports/...``), else whole."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int]) -> None:
     """Print each export run's window, file and counts; raise ``DemoError`` unless every hour loaded once."""
     with sqlite3.connect(metadata_db) as db:
@@ -234,11 +255,11 @@ def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int])
     print(
         table(
             [
-                (x["window_start"], x["window_end"], x["calls"], loads.get(x["window_start"]), Path(x["path"]).name)
+                (x["window_start"], x["window_end"], x["calls"], loads.get(x["window_start"]), shown_path(x["path"]))
                 for x in exports
             ],
             ("window_start", "window_end (exclusive)", "calls", "rows loaded", "file"),
-            60,
+            100,
         )
     )
     with sqlite3.connect(export_db) as db:
@@ -249,15 +270,91 @@ def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int])
         raise DemoError(f"expected {expected} calls per hour loaded once each, got {got} and {total} rows")
 
 
-def main() -> int:
-    started = time.monotonic()
-    try:
-        run_demo()
-    except DemoError as exc:
-        print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
-        return 1
-    step(f"Demo finished in {time.monotonic() - started:.0f} s")
-    return 0
+# -- after each export: the DAG scheduled on the export's asset alias ------------------------------------
+
+CHECK_DAG_ID = "dialnexa_call_export_check"
+
+
+def unpause_scheduled_dags(env: dict[str, str], demo: Path) -> None:
+    """Write the DAGs to the metadata DB and unpause the asset-scheduled ones: only then does an export's asset
+    event (or a webhook's) queue a run (every other DAG stays paused, so a scheduler starts nothing else)."""
+    airflow(["dags", "reserialize"], env, demo / "reserialize.log", timeout=300)
+    pattern = f"^({CHECK_DAG_ID}|{WEBHOOK_DAG_ID})$"
+    airflow(["dags", "unpause", "--treat-dag-id-as-regex", "-y", pattern], env, demo / "unpause.log", timeout=120)
+
+
+def run_check_demo(stack: AirflowComponents, timeout: float = 300) -> list[tuple[str, str, str, str]]:
+    """Wait until the check DAG has succeeded on every file the exports wrote.
+
+    The exports ran with ``dags test``, which records their asset events (queuing the check DAG) but schedules
+    nothing; the running scheduler turns the queue into an asset-triggered run. Returns ``(run id, run type,
+    state, files checked)`` per run of the check DAG.
+    """
+    step(f"Waiting for {CHECK_DAG_ID} (scheduled on the export's asset alias) to check every exported file")
+
+    def probe() -> list[tuple[str, str, str, str]] | None:
+        written = {
+            json.loads(v)["path"]
+            for (v,) in stack.query(
+                "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'export_calls' AND key = 'return_value'",
+                EXPORT_DAG_ID,
+            )
+        }
+        runs = stack.query(
+            "SELECT r.run_id, r.run_type, r.state, x.value FROM dag_run r LEFT JOIN xcom x ON x.dag_id = "
+            "r.dag_id AND x.run_id = r.run_id AND x.key = 'return_value' WHERE r.dag_id = ? ORDER BY r.id",
+            CHECK_DAG_ID,
+        )
+        checked = [(run_id, kind, state, json.loads(v) if v else []) for run_id, kind, state, v in runs]
+        if any(state == "failed" for _, _, state, _ in checked):
+            raise DemoError(f"{CHECK_DAG_ID} failed; see .demo/scheduler.log")
+        done = {item["path"] for _, _, state, items in checked if state == "success" for item in items}
+        if not written or not written <= done:
+            return None
+        return [(r, k, s, ", ".join(Path(i["path"]).name for i in items)) for r, k, s, items in checked]
+
+    return stack.wait_for(f"{CHECK_DAG_ID} to check every export", probe, timeout, every=1.0)
+
+
+def report_checks(checks: list[tuple[str, str, str, str]]) -> None:
+    print(f"\nAfter the exports ({CHECK_DAG_ID}, scheduled on export_alias('{EXPORT_DAG_ID}', 'export_calls')):")
+    print(table(checks, ("run_id", "run_type", "state", "files checked"), 90))
+
+
+# -- the campaign (dags/dialnexa_campaign.py) ------------------------------------------------------------
+
+CAMPAIGN_DAG_ID = "dialnexa_campaign"
+
+
+def run_campaign_demo(sim: SimulatorControls, env: dict[str, str], demo: Path) -> None:
+    """Run the campaign DAG once: 12 leads from SQLite become one batch (its first upload's answer is lost, so
+    it is found in List Batch Calls instead of uploaded twice), dialled within seconds with two leads
+    redialled, waited for in the triggerer, exported and upserted. Prints the outcomes; raises ``DemoError``."""
+    from airflow_provider_dialnexa.simulator import Fault
+
+    sim.configure_batches(
+        dial_interval_s=0.3,
+        call_s=1.0,
+        retry_wait_s=2.0,
+        mix={"completed": 3, "no_answer": 1},
+        outcomes={"+14155550101": ["no_answer", "completed"], "+14155550102": ["busy", "busy", "busy"]},
+    )
+    sim.add_fault(Fault(kind="lost_504", route="batch_create", count=1))
+    db = demo / "campaign.db"
+    conf = json.dumps({"sqlite_path": str(db), "storage": f"file://{demo / 'campaign'}"})
+    step(f"airflow dags test {CAMPAIGN_DAG_ID} (one batch; its first upload's answer is lost on purpose)")
+    campaign_env = {**env, "DIALNEXA_CAMPAIGN_POLL_S": "2"}
+    airflow(["dags", "test", CAMPAIGN_DAG_ID, "-c", conf], campaign_env, demo / "campaign.log", timeout=600)
+    batches = sim.batches()
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT lead_id, status, attempts, call_id FROM lead_outcomes ORDER BY lead_id").fetchall()
+    print(
+        f"\nCampaign ({CAMPAIGN_DAG_ID}): {len(batches)} batch(es) in DialNexa, uploads sent: "
+        f"{len(sim.requests(route='batch_create'))}"
+    )
+    print(table(rows, ("lead_id", "status (last attempt)", "attempts", "call_id")))
+    if len(batches) != 1 or len(rows) != batches[0]["total_lead_count"]:
+        raise DemoError(f"expected one batch and one outcome per lead, got {len(batches)} batches, {len(rows)} rows")
 
 
 # -- the event-driven path (webhooks -> asset events -> dags/dialnexa_webhook_outcomes.py) --------------
@@ -301,11 +398,11 @@ def _loaded(path: Path) -> dict[str, tuple[Any, ...]]:
 def run_webhook_demo(sim: SimulatorControls, airflow_: AirflowComponents, demo: Path) -> dict[str, Any]:
     """Register the receiver, end calls, wait until their asset-triggered runs loaded them; the evidence.
 
-    ``airflow_`` runs (started, ``WEBHOOK_DAG_ID`` being unpaused); its ``DIALNEXA_DEMO_DB`` is where the DAG loads.
+    ``airflow_`` runs (``WEBHOOK_DAG_ID`` unpaused); its ``DIALNEXA_WEBHOOK_DB`` is where the DAG loads.
     """
     from airflow_provider_dialnexa.webhooks import calls_asset_uri, webhook_path
 
-    loaded_db = Path(airflow_.env["DIALNEXA_DEMO_DB"])
+    loaded_db = Path(airflow_.env["DIALNEXA_WEBHOOK_DB"])
     started = time.monotonic()
     airflow_.wait_until_up()
     airflow_.wait_until_parsed(WEBHOOK_DAG_ID)
@@ -404,6 +501,17 @@ def report_webhooks(result: dict[str, Any]) -> None:
         problems.append(f"{result['status_requests']} status requests")
     if problems:
         raise DemoError("the event-driven path did not load each call exactly once: " + "; ".join(problems))
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        run_demo()
+    except DemoError as exc:
+        print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
+        return 1
+    step(f"Demo finished in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every error subclasses ``AirflowException`` so task retries and ``soft_fail`` behave as Airflow users
 expect. Messages name the call id, the connection id, the HTTP status and DialNexa's own ``message``;
-they never contain the API key or a whole response body (call records hold transcripts: personal data).
+they never contain the API key or a whole response body (call records hold transcripts: personal data),
+and every phone number in them is masked (``records.mask_numbers``), whoever built the text.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowNotFoundException
+
+from airflow_provider_dialnexa.records import mask_numbers
 
 _MAX_MESSAGE = 300
+#: How much of DialNexa's ``message`` is read before masking (masking first, then cutting to ``_MAX_MESSAGE``,
+#: never leaves half a number unmasked at the cut).
+_READ_MESSAGE = 4 * _MAX_MESSAGE
 
 
 class DialNexaError(AirflowException):
-    """Base class of every error this provider raises about DialNexa."""
+    """Base class of every error this provider raises about DialNexa.
+
+    Phone numbers in ``message`` and ``api_message`` are masked here, once for every error: DialNexa echoes
+    numbers in its messages, and error text reaches task logs, retry warnings and trigger events.
+    """
 
     #: Short machine-readable name, used as the ``kind`` of trigger ``error`` events.
     kind: ClassVar[str] = "error"
@@ -37,11 +47,11 @@ class DialNexaError(AirflowException):
         api_message: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(mask_numbers(message))
         self.call_id = call_id
         self.conn_id = conn_id
         self.http_status = http_status
-        self.api_message = api_message
+        self.api_message = None if api_message is None else mask_numbers(api_message)
         self.retry_after = retry_after
 
 
@@ -49,6 +59,13 @@ class DialNexaConfigError(DialNexaError):
     """The Airflow connection cannot be used (no API key, unusable host, invalid extras)."""
 
     kind = "config"
+
+
+class DialNexaConnectionNotFoundError(DialNexaConfigError, AirflowNotFoundException):
+    """The connection id is not defined anywhere Airflow looks; the message says how to define it.
+
+    Also an ``AirflowNotFoundException``, which Airflow's own lookup raises, so existing handlers still match.
+    """
 
 
 class InvalidCallIdError(DialNexaError, ValueError):
@@ -252,7 +269,7 @@ def error_for_status(
     except ValueError:
         reason = "HTTP error"
     message = api_message(body)
-    detail = scrub(message[:_MAX_MESSAGE], secrets) if message else None
+    detail = mask_numbers(scrub(message[:_READ_MESSAGE], secrets))[:_MAX_MESSAGE] if message else None
     text = f"{describe(subject, conn_id)}: HTTP {status_code} {reason}"
     if detail:
         text += f": {detail}"
@@ -273,3 +290,51 @@ def error_from_event(event: Mapping[str, Any]) -> DialNexaError:
     """Rebuild the typed error a trigger ``error`` event stands for."""
     cls = ERROR_KINDS.get(str(event.get("kind")), DialNexaError)
     return cls(str(event.get("message") or "DialNexa trigger failed"), call_id=event.get("call_id"))
+
+
+# -- batch calls (campaigns) --------------------------------------------------------------------------
+
+
+class InvalidLeadsError(DialNexaBadRequestError, ValueError):
+    """A leads file that DialNexa would refuse (no ``phone_number`` column, numbers not E.164, too large).
+
+    Raised before anything is uploaded; the message names the rows (numbers masked).
+    """
+
+
+class DialNexaBatchFailedError(DialNexaError, AirflowFailException):
+    """The batch ended (or paused) in a status the task was told to treat as failure (``failure_statuses``).
+
+    Final like ``DialNexaCallFailedError``: not retried; ``soft_fail`` turns it into a skip.
+    """
+
+    kind = "batch_failed"
+
+
+class DialNexaUnconfirmedBatchError(DialNexaUnconfirmedCallError):
+    """A Create Batch Call whose outcome is unknown: DialNexa may have created the batch, and no lookup could tell."""
+
+    hint = (
+        "A retry of this task looks for the batch (by the correlation token in its title) before uploading "
+        "again; do not upload the leads by hand without first checking List Batch Calls for that title."
+    )
+
+
+#: Hints for a refused Create Batch Call, by HTTP status.
+CREATE_BATCH_HINTS: dict[int, str] = {
+    400: "Check the leads file (a phone_number column, at most 10 MB), the title (at most 35 characters) and that "
+    "the agent version is published and has an outbound number; nothing was created.",
+    402: "Top up the DialNexa billing wallet of the workspace; nothing was created.",
+    403: "The destination country/prefix is not enabled for the workspace, KYC is pending, or the key lacks access.",
+    404: "Check agent_id and agent_version_number: the agent or that version does not exist in this organization.",
+    409: "The request conflicts with the current state of the agent or workspace.",
+    422: "DialNexa could not process the request as sent; check the arguments.",
+}
+#: Hints for reading or changing one batch, by HTTP status.
+BATCH_HINTS: dict[int, str] = {
+    400: "Check the batch id (as DialNexa returned it, e.g. 'batch_abc123'), or the action is not allowed in the "
+    "batch's current status.",
+    403: "The batch belongs to another organization, or the key lacks permission.",
+    404: "Check the batch id, and that the key belongs to the organization that created the batch.",
+    409: "The action conflicts with the batch's status (e.g. resuming a cancelled batch).",
+}

@@ -21,6 +21,7 @@ from typing import Any
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
 
 from airflow_provider_dialnexa.exceptions import DialNexaError
+from airflow_provider_dialnexa.records import mask_numbers
 
 #: DialNexa: "never poll more often than once per second" (per call). Enforced, not configurable.
 MIN_POLL_INTERVAL = 1.0
@@ -31,6 +32,9 @@ DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 #: Conservative default: a public probe saw a 150 requests / 60 s window per key.
 DEFAULT_RATE_PER_MINUTE = 120.0
+#: Seconds a resolved connection is trusted (an event loop reads it again after this), and how long a
+#: connection's ``rate_limit_per_minute`` keeps holding down its key's budget after its last request.
+CONNECTION_TTL = 60.0
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -92,7 +96,7 @@ class RetryPolicy:
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
                 "%s (retry %d of %d in %.2f s)",
-                exc or f"{what} failed",
+                mask_numbers(str(exc or f"{what} failed")),  # DialNexa's messages echo phone numbers
                 state.attempt_number,
                 self.max_retries,
                 wait,
@@ -250,6 +254,8 @@ class RateBudget:
         self._watching_since: float | None = None
         self._mine: deque[float] = deque()
         self._probing = False  # a window ended: send one request to learn the next before any burst
+        # Who asked for which upper bound, and when last (``bound_by``): the lowest recent one is ``cap``.
+        self._bounds: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -261,10 +267,40 @@ class RateBudget:
         """Lower the upper bound (another connection with the same key asked for less); never raises it."""
         with self._lock:
             if 0 < per_minute / 60.0 < self.cap:
-                self.cap = per_minute / 60.0
-                self.rate = min(self.rate, self.cap)
-                if self.burst is None:
-                    self.capacity = max(1.0, min(20.0, per_minute / 6.0))
+                self._set_cap(per_minute, time.monotonic())
+
+    def bound_by(self, source: str, per_minute: float) -> None:
+        """``source`` (a connection id) sends with at most ``per_minute`` now: raise or lower the bound to match.
+
+        The bound is the lowest value among the sources seen within ``CONNECTION_TTL``; a source's latest value
+        replaces its earlier one at once, so a connection whose ``rate_limit_per_minute`` was raised paces by
+        the new value from its next request, unless another connection on the key asked for less meanwhile.
+        """
+        if per_minute <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._bounds[source] = (per_minute, now)
+            if len(self._bounds) > 1:
+                for other, (_, seen) in list(self._bounds.items()):
+                    if now - seen >= CONNECTION_TTL:
+                        del self._bounds[other]
+            self._set_cap(min(value for value, _ in self._bounds.values()), now)
+
+    def _set_cap(self, per_minute: float, now: float) -> None:
+        cap = per_minute / 60.0
+        if cap == self.cap:
+            return
+        if cap > self.cap:  # raised: keep whatever a 429 took off the adaptive rate, move the bound
+            self.rate = min(cap, self.rate + cap - self.cap)
+        else:
+            self.rate = min(self.rate, cap)
+        lowered = cap < self.cap
+        self.cap = cap
+        if self.burst is None:
+            self.capacity = max(1.0, min(20.0, per_minute / 6.0))
+        if lowered and self._tokens < 0:
+            self._rebook(now)  # slots handed out at the faster pace would overrun the new bound: queue again
 
     def pace(self, now: float | None = None) -> float:
         """Requests per second this process may send now (adaptive rate, headers' pace)."""
@@ -416,11 +452,13 @@ _budgets: dict[str, RateBudget] = {}
 _budgets_lock = threading.Lock()
 
 
-def budget_for(api_key: str, per_minute: float) -> RateBudget | None:
+def budget_for(api_key: str, per_minute: float, conn_id: str | None = None) -> RateBudget | None:
     """The process-wide budget of one API key (keyed by a digest, never the key); None = unlimited.
 
     One key, one budget: connections that share a key share its pacing and its pauses, whatever rate
-    each asks for; the lowest ``rate_limit_per_minute`` among them is the budget's upper bound.
+    each asks for. The budget's upper bound is the lowest ``rate_limit_per_minute`` among the connections
+    that used the key within ``CONNECTION_TTL``; a connection's current value replaces its earlier one at
+    once, raised or lowered (``RateBudget.bound_by``). Without ``conn_id`` each value counts as its own source.
     """
     if per_minute <= 0:
         return None
@@ -429,6 +467,5 @@ def budget_for(api_key: str, per_minute: float) -> RateBudget | None:
         budget = _budgets.get(key)
         if budget is None:
             budget = _budgets[key] = RateBudget(per_minute)
-        else:
-            budget.limit_to(per_minute)
-        return budget
+    budget.bound_by(conn_id if conn_id is not None else f"{per_minute:g} per minute", per_minute)
+    return budget

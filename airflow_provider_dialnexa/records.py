@@ -41,6 +41,46 @@ def mask_phone_number(value: object) -> object:
     return f"{plus}{digits[:_KEEP_HEAD]}{'*' * hidden}{digits[-_KEEP_TAIL:]}"
 
 
+#: A phone number inside free text: ``+`` (optional), then digits in groups separated by one to three of
+#: space, ``.``, ``-``, ``(``, ``)``; not glued to a word, id or longer token on either side (``call_x9y3zp4``,
+#: UUID groups, ``airflow-<hex>`` and file extensions stay as they are). Whether it is long enough to be a
+#: number, and not a date, an IPv4 address or a decimal, is decided in ``_mask_match``.
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w+\-])(?:\+\s?)?\(?\d(?:[ .\-()\u00a0]{0,3}\d)*(?!\w|[-.][^\W\d])")
+#: Digit runs shorter than this are never masked (counts, HTTP statuses, years, times of day).
+MIN_NUMBER_DIGITS = 7
+#: Number-shaped text that is not a phone number: dates (``2026-05-01``, ``01.05.2026``), IPv4, decimals.
+_NOT_A_NUMBER = re.compile(
+    r"\d{4}[-.]\d{1,2}[-.]\d{1,2}(?:\D.*)?|\d{1,2}[-.]\d{1,2}[-.]\d{4}|\d{1,3}(?:\.\d{1,3}){3}|\d+\.\d+",
+    re.DOTALL,
+)
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    text = match.group()
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if len(digits) < MIN_NUMBER_DIGITS or _NOT_A_NUMBER.fullmatch(text):
+        return text
+    if len(digits) < _KEEP_HEAD + _KEEP_TAIL + 4:  # a short (local) number: show only its last two digits
+        return "*" * (len(digits) - 2) + digits[-2:]
+    return str(mask_phone_number(("+" if text.startswith("+") else "") + digits))
+
+
+def mask_numbers(text: str) -> str:
+    """``text`` with every phone number in it masked, in any common spelling; everything else unchanged.
+
+    For free text that may reach a log line or an error (DialNexa's ``message``, an exception's text).
+    A number is a run of at least 7 digits, optionally led by ``+``, whose digits may be separated by
+    spaces, dots, dashes or parentheses: ``+14155550123``, ``14155550123``, ``+1 415 555 0123``,
+    ``(415) 555-0123``, ``+1-415-555-0123`` all become ``+14*****0123``-style (``+``, 2 leading and 4
+    trailing digits, as ``mask_phone_number``; numbers under 10 digits keep only their last 2). Left alone:
+    digits glued to letters or ``_`` (call ids such as ``call_x9y3zp4mq7r1``, hex), UUID groups, ISO dates
+    and times, IPv4 addresses, decimals and anything under 7 digits. Pure and idempotent.
+    """
+    if not text or not any(ch.isdigit() for ch in text):
+        return text
+    return _NUMBER_IN_TEXT.sub(_mask_match, text)
+
+
 def field_names(argument: str, names: str | Iterable[str] | None) -> frozenset[str] | None:
     """Validate ``include_fields``/``exclude_fields`` at DAG parse time: None, or non-empty strings.
 

@@ -493,6 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import ratelimit
 
         return ratelimit.main(argv[1:])
+    if list(argv[:1]) == ["batch"]:  # python -m benchmarks batch: campaigns (upload, wait, export, exactly once)
+        from benchmarks import batch
+
+        return batch.main(argv[1:])
     args = parse_args(argv)
     info = machine()
     print(

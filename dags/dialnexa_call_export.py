@@ -11,6 +11,11 @@ Files go to the ``export_dir`` param (default ``$DIALNEXA_EXPORT_DIR`` or ``/tmp
 object-storage URL such as ``s3://bucket/dialnexa`` works), the table to ``sqlite_path`` (default
 ``$DIALNEXA_DEMO_DB`` or ``/tmp/dialnexa_call_outcomes.db``). Parsing this file does no I/O; the connection
 is ``dialnexa_default``.
+
+A second DAG here, ``dialnexa_call_export_check``, is scheduled on the export task's asset alias
+(``export_alias("dialnexa_call_export", "export_calls")``): the scheduler runs it after each export, with the
+asset events of the files written. It re-counts each file against its event's ``calls`` and records the
+window in the table ``export_windows`` of the same SQLite file: the place to hang a load or a dbt run.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from airflow.providers.common.compat.sdk import DAG, ObjectStoragePath, Param, g
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa.operators.dialnexa import DialNexaExportCallsOperator
+from airflow_provider_dialnexa.operators.dialnexa import DialNexaExportCallsOperator, export_alias
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,18 @@ CREATE TABLE IF NOT EXISTS call_outcomes (
     loaded_by_run TEXT
 )
 """
+CREATE_WINDOWS_TABLE = """
+CREATE TABLE IF NOT EXISTS export_windows (
+    window_start TEXT PRIMARY KEY,
+    window_end TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    statuses TEXT NOT NULL,
+    path TEXT NOT NULL,
+    checked_by_run TEXT
+)
+"""
+#: What the check DAG is scheduled on: the asset alias the export task resolves to each file it writes.
+EXPORTS = export_alias("dialnexa_call_export", "export_calls")
 UPSERT = (
     f"INSERT INTO call_outcomes ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "  # noqa: S608
     "ON CONFLICT(call_id) DO UPDATE SET " + ", ".join(f"{col} = excluded.{col}" for col in COLUMNS[1:])
@@ -149,3 +166,71 @@ with DAG(
         return {"window_start": summary["window_start"], "calls": summary["calls"], "rows": loaded}
 
     load(export.output)  # type: ignore[arg-type]  # Airflow resolves the XComArg at run time
+
+
+def exported_files(context: Any) -> list[dict[str, Any]]:
+    """The export summaries (asset event ``extra``) behind this run, one per file, the latest event winning.
+
+    Airflow 3 keys the triggering events by asset and by alias; Airflow 2.11 by dataset URI only.
+    """
+    if "triggering_asset_events" in context:
+        events = list(context["triggering_asset_events"].get(EXPORTS, []))
+    else:  # pragma: no cover - Airflow 2.11 leg
+        events = [event for group in context["triggering_dataset_events"].values() for event in group]
+    latest: dict[str, dict[str, Any]] = {}
+    for event in sorted(events, key=lambda e: e.timestamp):
+        extra = dict(event.extra or {})
+        if "path" in extra and "window_start" in extra:
+            latest[extra["path"]] = extra
+    return list(latest.values())
+
+
+with DAG(
+    dag_id="dialnexa_call_export_check",
+    description="After each export: re-count the file against its asset event and record the window in SQLite",
+    schedule=[EXPORTS],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["dialnexa", "example"],
+    params={
+        "sqlite_path": Param(DEFAULT_SQLITE_PATH, type="string", minLength=1, description="SQLite file to write."),
+    },
+) as check_dag:
+
+    @task
+    def check_exports() -> list[dict[str, Any]]:
+        """Each new file holds as many calls as its event says; record its window (upsert by window start)."""
+        context = get_current_context()
+        checked = []
+        for summary in exported_files(context):
+            rows = sum(1 for _ in read_records(summary["path"]))
+            if rows != summary["calls"]:
+                raise ValueError(f"{summary['path']} holds {rows} calls, its asset event says {summary['calls']}")
+            checked.append(summary)
+        db = sqlite3.connect(context["params"]["sqlite_path"])
+        try:
+            with db:
+                db.execute(CREATE_WINDOWS_TABLE)
+                db.executemany(
+                    "INSERT INTO export_windows VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(window_start) DO UPDATE SET "
+                    "window_end = excluded.window_end, calls = excluded.calls, statuses = excluded.statuses, "
+                    "path = excluded.path, checked_by_run = excluded.checked_by_run",
+                    [
+                        (
+                            s["window_start"],
+                            s["window_end"],
+                            s["calls"],
+                            json.dumps(s["statuses"]),
+                            s["path"],
+                            context["run_id"],
+                        )
+                        for s in checked
+                    ],
+                )
+        finally:
+            db.close()
+        log.info("Checked %d exported file(s): %s", len(checked), [s["path"] for s in checked])
+        return [{"path": s["path"], "window_start": s["window_start"], "calls": s["calls"]} for s in checked]
+
+    check_exports()

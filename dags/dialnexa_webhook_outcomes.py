@@ -17,8 +17,8 @@ the export (or a full record) already loaded: its missing fields and its coarser
 in the table.
 
 Register the webhook once (``DialNexaHook().ensure_webhook(url)``, see docs/webhooks-registration.md).
-Parsing this file does no I/O; the table goes to the ``sqlite_path`` param (default ``$DIALNEXA_DEMO_DB``
-or ``/tmp/dialnexa_call_outcomes.db``).
+Parsing this file does no I/O; the table goes to the ``sqlite_path`` param (default ``$DIALNEXA_WEBHOOK_DB``,
+else ``$DIALNEXA_DEMO_DB``, else ``/tmp/dialnexa_call_outcomes.db``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ from airflow_provider_dialnexa.webhooks import calls_ended_asset, calls_from_eve
 log = logging.getLogger(__name__)
 
 CONN_ID = "dialnexa_default"
-DEFAULT_SQLITE_PATH = os.environ.get("DIALNEXA_DEMO_DB", "/tmp/dialnexa_call_outcomes.db")  # noqa: S108
+DEFAULT_SQLITE_PATH = os.environ.get(
+    "DIALNEXA_WEBHOOK_DB",
+    os.environ.get("DIALNEXA_DEMO_DB", "/tmp/dialnexa_call_outcomes.db"),  # noqa: S108
+)
 
 # The table of dialnexa_call_outcomes.py and dialnexa_call_export.py, so all three load into one table.
 COLUMNS = (

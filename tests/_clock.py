@@ -1,9 +1,10 @@
 """A fake clock for the trigger's schedule: deadlines and poll intervals exact, whatever the machine's load.
 
-``drive_time(monkeypatch, start)`` swaps the ``time`` and ``asyncio`` modules that ``triggers.dialnexa`` (and
-``_poller``) see for shims: ``time.time()`` reads the fake clock, ``asyncio.sleep(d)`` records ``d``, moves the
-clock ``d`` ahead and only yields to the loop. Everything else (HTTP to the simulator, ``asyncio.gather``,
-futures, ``wait_for``) stays real, so each poll is still a real request; only waiting is simulated.
+``drive_time(monkeypatch, start)`` swaps the ``time`` and ``asyncio`` modules that the triggers' poll loop
+(``triggers._loop``, ``triggers.dialnexa``) and ``_poller`` see for shims: ``time.time()`` reads the fake clock,
+``asyncio.sleep(d)`` records ``d``, moves the clock ``d`` ahead and only yields to the loop. Everything else
+(HTTP to the simulator, ``asyncio.gather``, futures, ``wait_for``) stays real, so each poll is still a real
+request; only waiting is simulated.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_dialnexa import _poller
+from airflow_provider_dialnexa.triggers import _loop as loop_module
 from airflow_provider_dialnexa.triggers import dialnexa as trigger_module
 
 
@@ -72,8 +74,10 @@ def drive_time(monkeypatch: pytest.MonkeyPatch, start: float | None = None, *, p
             clock.on_window(len(clock.windows) + 1)
         await clock.sleep(delay, clock.windows)
 
-    monkeypatch.setattr(trigger_module, "time", _Shim(time, time=clock.time))
-    monkeypatch.setattr(trigger_module, "asyncio", _Shim(asyncio, sleep=trigger_sleep))
+    for module in (loop_module, trigger_module):
+        if hasattr(module, "time"):
+            monkeypatch.setattr(module, "time", _Shim(time, time=clock.time))
+        monkeypatch.setattr(module, "asyncio", _Shim(asyncio, sleep=trigger_sleep))
     if poller:
         monkeypatch.setattr(_poller, "asyncio", _Shim(asyncio, sleep=window_sleep))
     return clock

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from conftest import only_event
 
 from airflow_provider_dialnexa import _poller as poller_module
+from airflow_provider_dialnexa import policy
 from airflow_provider_dialnexa import status as call_status
 from airflow_provider_dialnexa._poller import BatchPoller, active_pollers
 from airflow_provider_dialnexa.hooks.dialnexa import MAX_LIST_LIMIT, DialNexaHook
@@ -252,21 +254,29 @@ async def test_refused_list_route_falls_back_to_get_call_for_the_process(
 async def test_a_429_on_the_list_route_pauses_every_wait_once(
     simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A 429 on a batch pauses the key: the refused batch, a later batch and a wait polling by itself all hold off.
+
+    The later waits start once the 429 has paused the key (an event), not at a time chosen to fall inside the
+    pause: on a loaded machine the first batch (and its 429) can come later than any such time.
+    """
     # With a rate budget: the pause of the key's budget (not only the retry's own wait) holds the late batch.
     use_connection(monkeypatch, simulator, api_key, max_retries=3, rate_limit_per_minute=600)
     simulator.add_fault(Fault("429", route="list", count=1, retry_after="2"))
     early, late = ended_calls(simulator, 200), ended_calls(simulator, 50)
-    triggers = [trigger(call_id) for call_id in early] + [trigger(c, first_poll_delay=2.5) for c in late]
-    # A wait that polls by itself (Get Call) about one second into the pause: the key's pause holds it too.
     single = ended_calls(simulator, 1)[0]
-    triggers.append(DialNexaCallTrigger(single, polling="per_call", **{**FAST, "first_poll_delay": 2.2}))
-    expect_success(simulator, await events_of(triggers))
+    first = asyncio.ensure_future(events_of([trigger(call_id) for call_id in early]))
+    await until(lambda: any(budget._paused_until > time.monotonic() for budget in policy._budgets.values()), 60)
+    # A later batch, and a wait that polls by itself (Get Call), both inside the key's pause.
+    triggers = [trigger(call_id) for call_id in late]
+    triggers.append(DialNexaCallTrigger(single, polling="per_call", **FAST))
+    expect_success(simulator, [*await first, *await events_of(triggers)])
     lists = sorted(simulator.requests(route="list"), key=lambda e: e.t)
     assert [e.status_code for e in lists].count(429) == 1
     refused = next(e for e in lists if e.status_code == 429)
     after = [e for e in lists if e.t > refused.t]
     assert after, "the refused batch was sent again"
     assert min(e.t for e in after) - refused.t >= 2.0, "a list request went out before Retry-After"
+    assert sorted(i for e in after for i in e.call_ids) == sorted([*early, *late])
     [get] = simulator.requests(route="get")
     assert get.call_ids == (single,)
     assert get.t - refused.t >= 2.0, "a Get Call went out during the key's pause"

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -73,6 +74,11 @@ def lists(sim: Simulator) -> int:
 
 
 def create(hook: DialNexaHook, correlation: str = "corr-1", **kwargs: Any) -> dict[str, Any]:
+    """Place with a correlation value standing for the operator's per-task-instance one: searches reach back to
+    a day before now, and none runs before the first POST unless ``adopt_existing=True`` (a value the caller
+    chose is searched first, in the agent's whole history: tests/test_defects_paging.py)."""
+    kwargs.setdefault("adopt_existing", False)
+    kwargs.setdefault("placed_after", datetime.now(UTC))
     return hook.create_call(PHONE, AGENT, {"lead_id": "L-1"}, correlation_id=correlation, **kwargs)
 
 
@@ -104,7 +110,8 @@ def test_create_call_places_one_call_with_the_correlation_value_in_metadata(sim:
     assert record["agent_id"] == AGENT
     assert record["agent_version_number"] == 2
     assert sim.calls_by_metadata() == {"corr-1": 1}
-    assert (posts(sim), lists(sim)) == (1, 0)  # no lookup when nothing went wrong
+    # A value the caller chose is looked up first (one empty page proves no call carries it); nothing else.
+    assert (posts(sim), lists(sim)) == (1, 1)
 
 
 def test_metadata_key_wins_over_the_argument_and_a_random_value_is_used_without_either(

@@ -148,7 +148,8 @@ async def test_a_slow_fallback_delays_only_its_own_wait(
 ) -> None:
     """Three batched waits in one tick: a finished call, a call the list does not show (foreign: Get Call
     fallback) whose Get Call is slow (30 s) or answers 500 through 5 retries, and a running call whose
-    deadline is 3 s away. The first two must not wait for the third's fallback.
+    deadline is 5 s away. The first two must not wait for the third's fallback. (The deadline was 3 s: about
+    two batch ticks, so "polled at least twice" depended on the machine's load; 5 s leaves a margin of two.)
     """
     use_connection(monkeypatch, simulator, api_key, polling="batched", timeout=60, max_retries=5)
     done, running = ended_call(simulator), endless_call(simulator)
@@ -164,7 +165,7 @@ async def test_a_slow_fallback_delays_only_its_own_wait(
             asyncio.gather(
                 timed(only_event(DialNexaCallTrigger(done, polling="batched", **FAST)), started),
                 timed(
-                    only_event(DialNexaCallTrigger(running, polling="batched", end_time=time.time() + 3, **FAST)),
+                    only_event(DialNexaCallTrigger(running, polling="batched", end_time=time.time() + 5, **FAST)),
                     started,
                 ),
             ),
@@ -180,7 +181,7 @@ async def test_a_slow_fallback_delays_only_its_own_wait(
     # The stuck call's fallback had not finished when both other waits had ended.
     assert len(stuck_gets) < 6 if fault == "500" else stuck_gets == []
     assert len(simulator.requests(call_id=running, route="list")) >= 2  # kept polling every second meanwhile
-    figures(f"slow-neighbour/{fault}", healthy_detected_s=round(healthy_s, 2), timeout_3s_reported_s=round(late_s, 2))
+    figures(f"slow-neighbour/{fault}", healthy_detected_s=round(healthy_s, 2), timeout_5s_reported_s=round(late_s, 2))
 
 
 async def timed(aw: Any, started: float) -> tuple[dict[str, Any], float]:
@@ -500,4 +501,9 @@ def test_dag_test_soft_fail_sensor_fails_when_the_key_is_revoked_after_the_first
     result = json.loads(lines[-1].removeprefix("DNX_RESULT "))
     assert result == {"run": "failed", "ti": "failed"}, output[-5000:]
     assert "DialNexaAuthError" in output
-    assert [e.status_code for e in simulator.requests(call_id=call_id)] == [200, 401]
+    statuses = [e.status_code for e in simulator.requests(call_id=call_id)]
+    # The poke, then the trigger's polls until the first with the revoked key: [200, 401] unless this thread
+    # revoked the key later than the trigger's first poll (a loaded machine), then one more 200 first.
+    assert statuses[0] == 200
+    assert statuses[-1] == 401
+    assert set(statuses[1:-1]) <= {200}

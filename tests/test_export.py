@@ -94,7 +94,8 @@ def test_pages_the_envelope_at_the_limit_the_server_reports(sim: Simulator, hook
     assert list_requests(sim) == 3  # 100 + 100 + 50
 
 
-@pytest.mark.parametrize(("n", "requests"), [(250, 3), (100, 2), (99, 1), (0, 1)])
+# 99: a short first page the server said nothing about; only the next (empty) page proves it was the last.
+@pytest.mark.parametrize(("n", "requests"), [(250, 3), (100, 2), (99, 2), (0, 1)])
 def test_a_silent_cap_of_100_on_a_bare_array_loses_nothing(
     sim: Simulator, hook: DialNexaHook, n: int, requests: int
 ) -> None:
@@ -277,7 +278,7 @@ def test_window_defaults_to_the_data_interval(sim: Simulator, tmp_path: Path) ->
         op.execute({"data_interval_start": None, "data_interval_end": None})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="CronDataIntervalTimetable"):  # Airflow 3's default for cron strings
         op.execute({"data_interval_start": T0, "data_interval_end": T0})  # type: ignore[typeddict-item]
-    assert sim.stats()["by_route"] == {"list": 1}
+    assert sim.stats()["by_route"] == {"list": 2}  # 10 calls, then the empty page that proves it was all
 
 
 def test_gzip_shaping_and_an_identical_rerun(sim: Simulator, tmp_path: Path) -> None:
@@ -628,6 +629,8 @@ def test_creation_times_in_other_iso_forms_and_epochs_are_placed_exactly() -> No
         {"id": "call_edge", "createdAt": "2026-10-05T10:00:00Z"},  # the end: the next window's
     ]
     assert [r["id"] for r in pager.take(body)] == ["call_offset", "call_naive", "call_epoch_ms"]
+    assert not pager.done  # 5 of 10 asked: maybe the server's own page size; the next page tells
+    assert pager.take([]) == []
     assert pager.done
 
 

@@ -144,44 +144,55 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Simulator (child process) + migrated SQLite metadata DB + the four Airflow components."""
     home = tmp_path_factory.mktemp("fullstack_airflow_home")
+    with SimulatorProcess(api_key=API_KEY, seed=4) as sim, airflow_stack(home, sim, ROOT / "dags") as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def airflow_stack(home: Path, sim: SimulatorProcess, dags: Path, **settings: str) -> Iterator[Stack]:
+    """A migrated SQLite metadata DB in ``home`` and the Airflow components parsing ``dags``, stopped on exit.
+
+    ``settings`` are extra environment variables (Airflow config, DAG params' defaults); by default only
+    triggered runs happen (``[scheduler] use_job_schedule = False``).
+    """
     api_port = free_port()
-    with SimulatorProcess(api_key=API_KEY, seed=4) as sim:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update(
-            {
-                "AIRFLOW_HOME": str(home),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                # Airflow 2.11 refuses LocalExecutor on SQLite: it runs one task at a time (deferred ones
-                # free their slot, so the four sensors still all defer).
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor" if AIRFLOW_V_3 else "SequentialExecutor",
-                "AIRFLOW__CORE__PARALLELISM": "4",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-                "AIRFLOW__API_AUTH__JWT_SECRET": "fullstack-test-jwt-secret-0123456789abcdef",
-                # Only the triggered run: no @hourly run appears when the DAG is unpaused.
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-                "AIRFLOW_CONN_DIALNEXA_DEFAULT": json.dumps(
-                    {"conn_type": "dialnexa", "host": sim.url, "password": API_KEY}
-                ),
-                "DIALNEXA_DEMO_DB": str(home / "unused_default.db"),
-                # Executors start `airflow tasks run ...` by name: this interpreter's `airflow` first.
-                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-            }
-        )
-        stack = Stack(home, env, sim)
-        stack.airflow("db", "migrate", timeout=300)
-        try:
-            if AIRFLOW_V_3:
-                stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(api_port))
-                stack.start("scheduler")
-                stack.start("dag-processor")
-            else:  # Airflow 2.11: tasks talk to the DB directly, and the scheduler parses DAGs itself
-                stack.start("scheduler")
-            stack.start("triggerer")
-            yield stack
-        finally:
-            stack.stop()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # Airflow 2.11 refuses LocalExecutor on SQLite: it runs one task at a time (deferred ones
+            # free their slot, so the four sensors still all defer).
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor" if AIRFLOW_V_3 else "SequentialExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "fullstack-test-jwt-secret-0123456789abcdef",
+            # Only the triggered run: no @hourly run appears when the DAG is unpaused.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            "AIRFLOW_CONN_DIALNEXA_DEFAULT": json.dumps(
+                {"conn_type": "dialnexa", "host": sim.url, "password": API_KEY}
+            ),
+            "DIALNEXA_DEMO_DB": str(home / "unused_default.db"),
+            # Executors start `airflow tasks run ...` by name: this interpreter's `airflow` first.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            **settings,
+        }
+    )
+    stack = Stack(home, env, sim)
+    stack.airflow("db", "migrate", timeout=300)
+    try:
+        if AIRFLOW_V_3:
+            stack.start("api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(api_port))
+            stack.start("scheduler")
+            stack.start("dag-processor")
+        else:  # Airflow 2.11: tasks talk to the DB directly, and the scheduler parses DAGs itself
+            stack.start("scheduler")
+        stack.start("triggerer")
+        yield stack
+    finally:
+        stack.stop()
 
 
 def test_example_dag_defers_and_loads_in_a_real_airflow(stack: Stack, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ simulator's own timestamps of requests with each other.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import Iterator
@@ -17,10 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+from _clock import _Shim
+from conftest import FakeClock
 
 from airflow_provider_dialnexa.exceptions import DialNexaRateLimitError
+from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
-from airflow_provider_dialnexa.policy import RetryPolicy
+from airflow_provider_dialnexa.policy import RateBudget, RetryPolicy
 from airflow_provider_dialnexa.simulator import Fault, LogEntry, Simulator, SimulatorError
 
 
@@ -80,16 +84,46 @@ def test_sync_requests_wait_for_the_budget(
 
 
 async def test_a_429_pauses_requests_already_queued(
-    simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch
+    simulator: Simulator, api_key: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
-    """Review finding: requests that had their slot before the 429 arrived were still sent during the pause."""
-    use_connection(monkeypatch, "dialnexa_default", simulator, api_key, rate_limit_per_minute=60)
+    """Review finding: requests that had their slot before the 429 arrived were still sent during the pause.
+
+    120/min = one slot every 0.5 s after a burst of 20. The budget's clock stands still (``clock``), so the three
+    reads after the burst get slots exactly 0.5, 1 and 1.5 s ahead, and the two later ones are held in their
+    slot's sleep until the first one's 429 has paused the key. Before, this was left to timing, and on a loaded
+    machine it failed (1 of 804 tests): a slow burst refilled the bucket, or the 429's round trip outlasted the
+    next slot, so the later reads went out before the 429 instead of queueing behind it.
+    """
+    clock.now = time.time()
+    simulator.configure(rate_headers=False)  # the configured rate alone paces (no window to spread over)
+    use_connection(monkeypatch, "dialnexa_default", simulator, api_key, rate_limit_per_minute=120)
     hook = DialNexaHook()
-    burst, queued = ended(simulator, 10), ended(simulator, 3)
-    for call_id in burst:  # spend the burst: from here on, one slot a second
+    burst, queued = ended(simulator, 20), ended(simulator, 3)
+    for call_id in burst:  # spend the burst: from here on, one slot every 0.5 s
         await hook.aget_call(call_id)
     simulator.add_fault(Fault("429", route="get", call_id=queued[0], count=1, retry_after="2"))
-    await asyncio.gather(*(hook.aget_call(call_id) for call_id in queued))
+    paused = asyncio.Event()
+    real_pause = RateBudget.pause
+
+    def pause(self: RateBudget, seconds: float, *, slow_down: bool = True) -> None:
+        real_pause(self, seconds, slow_down=slow_down)
+        paused.set()
+
+    reading: contextvars.ContextVar[str] = contextvars.ContextVar("reading", default="")
+
+    async def slot_sleep(delay: float) -> None:
+        if reading.get() != queued[0]:
+            await paused.wait()  # the later reads are still queued when the 429 arrives
+        await real_sleep(delay)
+
+    async def read(call_id: str) -> dict[str, Any]:
+        reading.set(call_id)
+        return await hook.aget_call(call_id)
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(RateBudget, "pause", pause)
+    monkeypatch.setattr(hook_module, "asyncio", _Shim(asyncio, sleep=slot_sleep))
+    await asyncio.gather(*(read(call_id) for call_id in queued))
     log = sorted(simulator.requests(route="get"), key=lambda e: e.t)
     refused = next(entry for entry in log if entry.status_code == 429)
     later = [entry for entry in log if entry.t > refused.t]

@@ -1,4 +1,4 @@
-"""What the README promises, checked against the README's own numbers (issue #12).
+"""What the docs promise (README.md, docs/*.md), checked against their own numbers (issue #12).
 
 * The poll schedule, end to end through the trigger on a fake clock (``tests/_clock.py``): first poll one
   ``poke_interval`` after the sensor's poke, each interval x1.5, capped at ``max_poll_interval``, jitter only

@@ -548,7 +548,7 @@ def _wait_for_url(proc: subprocess.Popen[str]) -> str:
 def test_cli_prints_its_url_and_serves() -> None:
     command = [sys.executable, "-m", "airflow_provider_dialnexa.simulator", "--port", "0"]
     proc = subprocess.Popen(
-        [*command, "--api-key", "cli:key", "--calls", "7", "--seed", "3"], stdout=subprocess.PIPE, text=True
+        [*command, "--api-key", "cli:key", "--calls", "7", "--rng-seed", "3"], stdout=subprocess.PIPE, text=True
     )
     try:
         url = _wait_for_url(proc)

@@ -200,6 +200,7 @@ def test_plugin_is_an_entry_point_and_importing_it_pulls_in_no_web_framework() -
         "airflow_provider_dialnexa.status",
         "airflow_provider_dialnexa._validation",
         "airflow_provider_dialnexa._placement",
+        "airflow_provider_dialnexa._paging",
         "airflow_provider_dialnexa._connection",
         "airflow_provider_dialnexa.records",
         "airflow_provider_dialnexa.exceptions",

@@ -9,7 +9,7 @@ import weakref
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -20,7 +20,11 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_dialnexa import CONN_FIELDS, UI_FIELD_BEHAVIOUR
-from airflow_provider_dialnexa._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_dialnexa._connection import (
+    ConnectionSettings,
+    missing_connection_message,
+    settings_from_connection,
+)
 from airflow_provider_dialnexa._paging import (
     WindowPager,
     as_call_list,
@@ -31,27 +35,29 @@ from airflow_provider_dialnexa._paging import (
 )
 from airflow_provider_dialnexa._placement import (
     CORRELATION_KEY,
-    as_created_call,
+    LOOKUP_MARGIN,
+    MAX_CORRELATION_LENGTH,
+    CallsApi,
+    Placement,
     create_call_body,
-    phone_digits,
-    record_metadata,
+    hide_number,
+    place_call,
 )
+from airflow_provider_dialnexa._placement import LOOKUP_PAGE_SIZE as LOOKUP_PAGE_SIZE  # moved; still importable here
+from airflow_provider_dialnexa._placement import MAX_LOOKUP_PAGES as MAX_LOOKUP_PAGES
 from airflow_provider_dialnexa._response import as_call_record, interpret
 from airflow_provider_dialnexa._validation import validate_agent_id, validate_call_id, validate_phone_number
 from airflow_provider_dialnexa.exceptions import (
     CREATE_CALL_HINTS,
     DialNexaAuthError,
-    DialNexaBadRequestError,
     DialNexaConfigError,
-    DialNexaError,
-    DialNexaMalformedResponseError,
+    DialNexaConnectionNotFoundError,
     DialNexaRateLimitError,
-    DialNexaServerError,
-    DialNexaUnconfirmedCallError,
     DialNexaUnreachableError,
     describe,
     scrub,
 )
+from airflow_provider_dialnexa.hooks._batch import BatchCallsMixin
 from airflow_provider_dialnexa.hooks._webhooks import DEFAULT_WEBHOOK_EVENTS as DEFAULT_WEBHOOK_EVENTS
 from airflow_provider_dialnexa.hooks._webhooks import WebhookMixin
 from airflow_provider_dialnexa.policy import (
@@ -61,7 +67,11 @@ from airflow_provider_dialnexa.policy import (
     budget_for,
     parse_rate_headers,
 )
+from airflow_provider_dialnexa.policy import CONNECTION_TTL as CONNECTION_TTL  # public here too
 from airflow_provider_dialnexa.records import mask_phone_number
+
+#: Moved to ``_placement``; still importable from here.
+_hide_number = hide_number
 
 #: Most ids one List Calls request may carry (DialNexa's documented page-size maximum).
 MAX_LIST_LIMIT = 200
@@ -75,9 +85,9 @@ _SYNC_TRANSPORT_ERRORS = (
 )
 
 
-#: Seconds an event loop trusts a resolved connection before reading it again: a fixed host, a rotated key or
-#: new extras reach a running triggerer within this time, without a connection lookup per poll.
-CONNECTION_TTL = 60.0
+# ``CONNECTION_TTL`` (imported from ``policy``, still importable from here): seconds an event loop trusts a resolved
+# connection before reading it again, so a fixed host, a rotated key or new extras reach a running triggerer
+# within this time without a lookup per poll.
 
 
 def _clock() -> float:
@@ -161,39 +171,7 @@ async def close_async_clients() -> None:
         await state.closer.aclose()
 
 
-#: Most characters of a correlation value (it lives in the call's ``metadata``).
-MAX_CORRELATION_LENGTH = 200
-#: How much further back than necessary a search for a placed call reaches: a day, so it still covers the
-#: call if DialNexa reads ``start_date`` in another time zone (undocumented) or the clocks disagree.
-LOOKUP_MARGIN = 24 * 60 * 60
-#: Page size of those searches: the smaller documented List Calls maximum, so a short page means the end.
-LOOKUP_PAGE_SIZE = 100
-#: Where a call record holds the number called, in every documented spelling (never the caller's number).
-_RECIPIENT_FIELDS = ("to_number", "to_phone_number", "phone_number")
-#: Most pages one search reads before it gives up proving anything.
-MAX_LOOKUP_PAGES = 100
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """What identifies one call being placed, for the search after an ambiguous failure."""
-
-    phone_number: str
-    agent_id: str
-    correlation_id: str
-    since: float
-
-
-def _hide_number(exc: DialNexaError, phone_number: str) -> DialNexaError:
-    """Mask the phone number wherever DialNexa's message echoed it (in place; returns ``exc``)."""
-    masked = str(mask_phone_number(phone_number))
-    exc.args = tuple(arg.replace(phone_number, masked) if isinstance(arg, str) else arg for arg in exc.args)
-    if exc.api_message:
-        exc.api_message = exc.api_message.replace(phone_number, masked)
-    return exc
-
-
-class DialNexaHook(WebhookMixin, BaseHook):
+class DialNexaHook(BatchCallsMixin, WebhookMixin, BaseHook):
     """Talk to DialNexa through an Airflow connection of type ``dialnexa``.
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
@@ -285,19 +263,22 @@ class DialNexaHook(WebhookMixin, BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         """The validated connection (sync lookup: never read this from a trigger's event loop)."""
-        conn = self.get_connection(self.dialnexa_conn_id)
+        try:
+            conn = self.get_connection(self.dialnexa_conn_id)
+        except AirflowNotFoundException:
+            raise self._not_found() from None
         return self._settings_from(conn, conn.extra_dejson)
+
+    def _not_found(self) -> DialNexaConnectionNotFoundError:
+        message = missing_connection_message(self.dialnexa_conn_id)
+        return DialNexaConnectionNotFoundError(message, conn_id=self.dialnexa_conn_id)
 
     async def _resolve_async(self) -> ConnectionSettings:
         """Read and validate the connection without blocking the loop; a missing one is a config error."""
         try:
             conn = await get_async_connection(self.dialnexa_conn_id, hook=self)
         except AirflowNotFoundException:
-            raise DialNexaConfigError(
-                f"DialNexa connection {self.dialnexa_conn_id!r} is not defined; create it (type 'dialnexa', the "
-                "API key in the password field) or set dialnexa_conn_id to an existing connection",
-                conn_id=self.dialnexa_conn_id,
-            ) from None
+            raise self._not_found() from None
         return self._settings_from(conn, await get_async_extra_dejson(conn))
 
     async def _loop_client(self) -> _LoopClient:
@@ -340,7 +321,7 @@ class DialNexaHook(WebhookMixin, BaseHook):
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
                 timeout=httpx.Timeout(settings.timeout, connect=CONNECT_TIMEOUT, pool=None),
             )
-            budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+            budget = budget_for(settings.api_key, settings.rate_limit_per_minute, conn_id=settings.conn_id)
             fresh = _LoopClient(settings, client, budget, asyncio.Semaphore(MAX_CONNECTIONS), resolved_at=_clock())
             state.clients[self.dialnexa_conn_id] = fresh
             if shared is not None:
@@ -444,7 +425,7 @@ class DialNexaHook(WebhookMixin, BaseHook):
         since DialNexa may still be working on the request.
         """
         settings = self.settings
-        budget = budget_for(settings.api_key, settings.rate_limit_per_minute)
+        budget = budget_for(settings.api_key, settings.rate_limit_per_minute, conn_id=settings.conn_id)
         for delay in budget.delays() if budget is not None else ():
             time.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues the request
         timeout = (CONNECT_TIMEOUT, self._read_timeout(settings))
@@ -457,11 +438,19 @@ class DialNexaHook(WebhookMixin, BaseHook):
             raise error from None
         return self._answer(response, subject=subject, call_id=call_id, settings=settings, budget=budget, hints=hints)
 
-    def _get(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
+    def _get(
+        self,
+        url: str,
+        *,
+        params: dict[str, str] | None,
+        subject: str,
+        call_id: str | None,
+        hints: Mapping[int, str] | None = None,
+    ) -> Any:
         policy = self._policy(self.settings)
         for attempt in Retrying(**policy.tenacity_kwargs(self.log, describe(subject, None))):
             with attempt:
-                return self._send_once("GET", url, params=params, subject=subject, call_id=call_id)
+                return self._send_once("GET", url, params=params, subject=subject, call_id=call_id, hints=hints)
         raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     def get_call(self, call_id: str) -> dict[str, Any]:
@@ -506,21 +495,30 @@ class DialNexaHook(WebhookMixin, BaseHook):
         agent_version_number: int | None = None,
         notes: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
-        adopt_existing: bool = False,
+        adopt_existing: bool | None = None,
         placed_after: datetime | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/calls``: place one outbound call, at most once per correlation value.
 
         DialNexa has no idempotency header. The correlation value (``metadata[CORRELATION_KEY]`` if given,
-        else ``correlation_id``, else a random one) goes into the call's ``metadata``. A POST that may have
+        else ``correlation_id``, else a random one) goes into the call's ``metadata``. A value the caller
+        chose is looked up in List Calls before the first POST, and a call carrying it is returned instead
+        of placing another: one call per value, across hook calls and DAG runs. A POST that may have
         reached DialNexa (timeout, dropped connection, 5xx, a 2xx without an id) is never sent again
-        blindly: List Calls is searched for the correlation value first, and the call found there is
-        returned; only a search that proves there is none lets the POST go again. A 429 placed nothing and
-        is retried after ``Retry-After``. 400/401/402/403/404/409/422 raise at once with DialNexa's message.
+        blindly: List Calls is searched for the value first, and the call found there is returned; only a
+        search that proves there is none lets the POST go again. A search that cannot prove it (List Calls
+        failing, an item without an id, more than ``MAX_LOOKUP_PAGES`` pages) raises
+        ``DialNexaUnconfirmedCallError`` and places nothing. A 429 placed nothing and is retried after
+        ``Retry-After``. 400/401/402/403/404/409/422 raise at once with DialNexa's message.
 
-        :param adopt_existing: Search first, before any POST (a retried task that may have placed the call).
-        :param placed_after: No earlier attempt can have placed the call before this (e.g. the DAG run's
-            start); searches reach back to it minus a day (default: now minus a day).
+        :param adopt_existing: Search before the first POST. None (default): when the caller chose the
+            correlation value (``metadata`` key or ``correlation_id``), not for a random one. False: the
+            caller knows no call can carry the value yet (the operator's first try of its per-task-instance
+            value). True: always (a retried task that may have placed the call).
+        :param placed_after: No call carrying the value can have been placed before this (naive = UTC; e.g.
+            the DAG run's start, or the start of the day for one call per lead per day); searches reach back
+            to it minus a day (``LOOKUP_MARGIN``). Default: for a value the caller chose, the agent's whole
+            history; for a random value, now minus a day.
         :returns: The created call as DialNexa answered (``id``, ``to_phone_number``, ...), or the record of
             the call found by the search.
         :raises InvalidPhoneNumberError: before any request, for a number that is not E.164.
@@ -528,130 +526,46 @@ class DialNexaHook(WebhookMixin, BaseHook):
         """
         phone = validate_phone_number(phone_number)
         agent = validate_agent_id(agent_id)
-        correlation = (metadata or {}).get(CORRELATION_KEY) if isinstance(metadata, Mapping) else None
-        correlation = correlation or correlation_id or f"hook-{uuid.uuid4().hex}"
+        chosen = (metadata or {}).get(CORRELATION_KEY) if isinstance(metadata, Mapping) else None
+        chosen = chosen or correlation_id
+        correlation = chosen or f"hook-{uuid.uuid4().hex}"
         if not isinstance(correlation, str) or not 0 < len(correlation) <= MAX_CORRELATION_LENGTH:
             raise ValueError(f"the correlation value must be a string of 1 to {MAX_CORRELATION_LENGTH} characters")
         body = create_call_body(phone, agent, metadata, correlation, agent_version_number, notes)
-        since = (placed_after.timestamp() if placed_after is not None else time.time()) - LOOKUP_MARGIN
-        target = _Placement(phone, agent, correlation, since=since)
-        settings = self.settings
+        since: float | None
+        if placed_after is not None:
+            since = as_utc(placed_after, "placed_after").timestamp() - LOOKUP_MARGIN
+        else:  # a chosen value may have been used at any time before: nothing bounds the search but its start
+            since = None if chosen else time.time() - LOOKUP_MARGIN
+        search_first = bool(chosen) if adopt_existing is None else adopt_existing
+        target = Placement(phone, agent, correlation, since=since)
         subject = f"Create Call to {mask_phone_number(phone)} (correlation {correlation!r})"
-        if adopt_existing:
-            found = self._reconcile(target, subject, cause=None)
-            if found is not None:
-                return found
-        policy = self._policy(settings)
-        failure: DialNexaError | None = None
-        uncertain = False
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                created = as_created_call(self._post(settings.calls_url, body=body, subject=subject), settings=settings)
-            except DialNexaRateLimitError as exc:  # refused before anything was accepted: safe to send again
-                failure = exc
-            except (DialNexaServerError, DialNexaMalformedResponseError) as exc:  # DialNexa may have placed it
-                failure, uncertain = exc, True
-            except DialNexaError as exc:  # 4xx: final, nothing was placed
-                raise _hide_number(exc, phone) from None
-            else:
-                self.log.info("%s: placed call %r", describe(subject, settings.conn_id), created["id"])
-                return created
-            last = attempt == policy.attempts
-            if last and not uncertain:
-                break
-            wait = policy.wait(attempt, failure.retry_after)
-            next_step = "looking for the call" if uncertain else "sending again"
-            self.log.warning("%s (attempt %d of %d; %s in %.2f s)", failure, attempt, policy.attempts, next_step, wait)
-            time.sleep(wait)
-            if uncertain:
-                found = self._reconcile(target, subject, cause=failure)
-                if found is not None:
-                    return found
-                uncertain = False  # proven: nothing was placed
-                if not last:
-                    self.log.warning("%s: DialNexa has no such call; placing it again", describe(subject, None))
-        assert failure is not None
-        raise failure
+        return place_call(self._calls_api(), body, target, subject, search_first=search_first)
 
-    def _reconcile(self, target: _Placement, subject: str, cause: DialNexaError | None) -> dict[str, Any] | None:
-        """The call this placement already created, None if List Calls proves there is none; else raise."""
+    def _calls_api(self) -> CallsApi:
+        """This hook's requests, as placing a call uses them."""
         settings = self.settings
-        try:
-            found = self._find_placed_call(target)
-        except DialNexaUnconfirmedCallError:
-            raise
-        except DialNexaError as exc:
-            why = f"the request may have reached DialNexa ({cause})" if cause else "an earlier try may have placed it"
-            raise DialNexaUnconfirmedCallError(
-                f"{describe(subject, settings.conn_id)}: {why}, and looking for the call failed: {exc}. "
-                f"{DialNexaUnconfirmedCallError.hint}",
-                conn_id=settings.conn_id,
-                http_status=exc.http_status,
-            ) from exc
-        if found is not None:
-            self.log.warning(
-                "%s: found call %r placed by an earlier attempt; using it instead of placing another",
-                describe(subject, settings.conn_id),
-                found.get("id"),
-            )
-        return found
-
-    def _find_placed_call(self, target: _Placement) -> dict[str, Any] | None:
-        """Search List Calls for the placement's correlation value; None only when the search saw every call.
-
-        The search reads the agent's calls since ``start_date`` (or all the agent's calls if a deployment
-        refuses ``start_date``) and matches records on the correlation value, never on the filters. It
-        does not filter on ``to``: the OpenAPI file reads it as the recipient, other docs as a
-        ``created_at`` bound, and the number would sit in URLs and client debug logs.
-        """
-        start = datetime.fromtimestamp(target.since, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        for filters in ({"agent_id": target.agent_id, "start_date": start}, {"agent_id": target.agent_id}):
-            try:
-                found, complete = self._scan_calls(target, filters)
-            except DialNexaBadRequestError:  # this deployment refuses start_date: search wider
-                continue
-            if found is not None or complete:
-                return found
-        settings = self.settings
-        raise DialNexaUnconfirmedCallError(
-            f"{describe(f'List Calls for correlation {target.correlation_id!r}', settings.conn_id)}: could not "
-            f"read every call of agent {target.agent_id!r} since {start} (more than {MAX_LOOKUP_PAGES} pages, "
-            f"or every search refused). {DialNexaUnconfirmedCallError.hint}",
-            conn_id=settings.conn_id,
+        url = settings.calls_url
+        return CallsApi(
+            settings=settings,
+            policy=self._policy(settings),
+            log=self.log,
+            post=lambda body, subject: self._post(url, body=body, subject=subject),
+            list_calls=lambda params, subject: self._get(url, params=params, subject=subject, call_id=None),
+            get_call=self.get_call,
         )
-
-    def _scan_calls(self, target: _Placement, filters: dict[str, str]) -> tuple[dict[str, Any] | None, bool]:
-        """Page through one search: ``(the matching record or None, whether the last page was reached)``."""
-        settings = self.settings
-        subject = f"List Calls for correlation {target.correlation_id!r}"
-        for page in range(1, MAX_LOOKUP_PAGES + 1):
-            params = {**filters, "limit": str(LOOKUP_PAGE_SIZE), "page": str(page)}
-            data = self._get(settings.calls_url, params=params, subject=subject, call_id=None)
-            records, server_limit = as_call_list(data, settings=settings)
-            for record in records:
-                found = self._match(record, target)
-                if found is not None:
-                    return found, True
-            if len(records) < min(LOOKUP_PAGE_SIZE, server_limit or LOOKUP_PAGE_SIZE):
-                return None, True
-        return None, False
-
-    def _match(self, record: dict[str, Any], target: _Placement) -> dict[str, Any] | None:
-        """The record if it carries the correlation value; a list view without ``metadata`` is read in full."""
-        metadata = record_metadata(record)
-        if metadata is None:
-            number = next((record[key] for key in _RECIPIENT_FIELDS if record.get(key)), None)
-            if number is not None and phone_digits(number) != phone_digits(target.phone_number):
-                return None
-            record = self.get_call(str(record["id"]))
-            metadata = record_metadata(record)
-        if metadata is not None and metadata.get(CORRELATION_KEY) == target.correlation_id:
-            return record
-        return None
 
     # -- async (triggers) ---------------------------------------------------------------------------
 
-    async def _aget(self, url: str, *, params: dict[str, str] | None, subject: str, call_id: str | None) -> Any:
+    async def _aget(
+        self,
+        url: str,
+        *,
+        params: dict[str, str] | None,
+        subject: str,
+        call_id: str | None,
+        hints: Mapping[int, str] | None = None,
+    ) -> Any:
         settings = (await self._loop_client()).settings
         timeout = httpx.Timeout(self._read_timeout(settings), connect=CONNECT_TIMEOUT, pool=None)
         retrying = AsyncRetrying(**self._policy(settings).tenacity_kwargs(self.log, describe(subject, None)))
@@ -660,6 +574,8 @@ class DialNexaHook(WebhookMixin, BaseHook):
                 shared = await self._loop_client()  # per attempt: a client dropped after a 401 is not reused
                 shared.in_flight += 1  # from here until the answer: the client stays open for this request
                 try:
+                    if shared.budget is not None:  # this connection still uses the key: its bound still counts
+                        shared.budget.bound_by(shared.settings.conn_id, shared.settings.rate_limit_per_minute)
                     for delay in shared.budget.delays() if shared.budget is not None else ():
                         await asyncio.sleep(delay)  # re-checked after each sleep: a pause meanwhile re-queues
                     try:
@@ -671,7 +587,12 @@ class DialNexaHook(WebhookMixin, BaseHook):
                     await shared.release()
                 try:
                     return self._answer(
-                        response, subject=subject, call_id=call_id, settings=shared.settings, budget=shared.budget
+                        response,
+                        subject=subject,
+                        call_id=call_id,
+                        settings=shared.settings,
+                        budget=shared.budget,
+                        hints=hints,
                     )
                 except DialNexaAuthError:
                     await self._forget_loop_client(shared)

@@ -10,21 +10,26 @@ import contextlib
 import gzip
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from airflow.providers.common.compat.sdk import Asset, BaseOperator, ObjectStoragePath
+from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._paging import as_utc, filter_items, filter_query, iso_utc
+from airflow_provider_dialnexa._export_assets import asset_for as _asset_for
+from airflow_provider_dialnexa._export_assets import export_alias as export_alias  # public: schedule on it
+from airflow_provider_dialnexa._export_assets import record_export_event
+from airflow_provider_dialnexa._lineage import calls_lineage, export_lineage, resolved_base_url
+from airflow_provider_dialnexa._mapping import CheckedPartial
+from airflow_provider_dialnexa._paging import as_utc, check_literal_filters, filter_items, iso_utc
 from airflow_provider_dialnexa._placement import CORRELATION_KEY
-from airflow_provider_dialnexa._validation import validate_phone_number
+from airflow_provider_dialnexa._storage import missing_filesystem_hint
+from airflow_provider_dialnexa._validation import arrives_at_run_time, validate_phone_number
 from airflow_provider_dialnexa._wait import (
     DEFAULT_CALL_TIMEOUT,
     check_wait_options,
@@ -32,6 +37,7 @@ from airflow_provider_dialnexa._wait import (
     ended_status,
     failure_status_set,
     outcome,
+    polling_option,
 )
 from airflow_provider_dialnexa.exceptions import (
     DialNexaConfigError,
@@ -51,7 +57,8 @@ from airflow_provider_dialnexa.triggers.dialnexa import (
 )
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.common.compat.sdk import Context, XComArg
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 
 class DialNexaGetCallOperator(BaseOperator):
@@ -112,7 +119,7 @@ class DialNexaGetCallOperator(BaseOperator):
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
         self.max_consecutive_failures = max_consecutive_failures
-        self.polling = polling
+        self.polling = polling_option(polling, self.task_id)  # a typo fails at parse time, waiting or not
         self.failure_statuses = failure_status_set(failure_statuses)
         self.include_fields, self.exclude_fields = field_options(self.task_id, include_fields, exclude_fields)
         self.mask_phone_numbers = mask_phone_numbers
@@ -157,6 +164,10 @@ class DialNexaGetCallOperator(BaseOperator):
                 )
         return shape_record(record, self.include_fields, self.exclude_fields, self.mask_phone_numbers)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: DialNexa's calls (namespace: the base URL the hook used) as input; no I/O."""
+        return calls_lineage(resolved_base_url(vars(self).get("hook")), created=False)
+
 
 def correlation_id_for(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """The correlation value of one task instance: the same for every try and re-run of it, unique otherwise."""
@@ -176,21 +187,19 @@ def _whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
 class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     """Place one outbound call (``POST /v1/calls``) at most once per task instance; return its id and status.
 
     The call's ``metadata`` carries the task instance's correlation value under
     ``airflow_correlation_id`` (a hash of DAG id, run id, task id and map index, so it is the same for
-    every try of the task; set the key in ``metadata`` yourself to choose another). The hook never
-    re-sends a POST that may have reached DialNexa without first finding out, through List Calls, that no
-    call carries the value; and a retried task (try 2 and later) first looks for the call an earlier try
-    placed and adopts it. Returns ``{"call_id": ..., "status": ...}`` (status as DialNexa answered, if it
-    did), or with ``wait_for_completion=True`` defers like ``DialNexaGetCallOperator`` and returns the
-    finished record shaped by ``include_fields``/``exclude_fields``/``mask_phone_numbers``.
+    every try of the task; set the key in ``metadata`` yourself to choose another scope, e.g. one call per
+    lead per day across runs). The hook never re-sends a POST that may have reached DialNexa without first
+    finding out, through List Calls, that no call carries the value. A retried task (try 2 and later) first
+    looks for the call an earlier try placed and adopts it; a value you chose is looked up before every
+    first POST (any run, any try), so one call carries it. Returns ``{"call_id": ..., "status": ...}``
+    (status as DialNexa answered, if it did), or with ``wait_for_completion=True`` defers like
+    ``DialNexaGetCallOperator`` and returns the finished record shaped by
+    ``include_fields``/``exclude_fields``/``mask_phone_numbers``.
 
     :param phone_number: Number to call, E.164 (``+919876543210``; templated). Checked at parse time when
         literal, else before any request.
@@ -198,6 +207,10 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     :param metadata: JSON object stored on the call and available to the agent (templated).
     :param agent_version_number: Published agent version (templated; default: the latest published).
     :param notes: JSON object stored on the call log, at most 15 top-level keys (templated).
+    :param placed_after: No call carrying the correlation value can have been placed before this (datetime
+        or ISO-8601, templated, e.g. ``"{{ data_interval_start }}"``); the search before placing reaches
+        back to it minus a day. Default: the DAG run's start for the generated value; the agent's whole
+        history for a value you set (at most 100 List Calls pages, else ``DialNexaUnconfirmedCallError``).
     :param mask_phone_numbers: Mask phone numbers of the returned record (default True here).
 
     Every other argument is ``DialNexaGetCallOperator``'s (waiting, field shaping, ``failure_statuses``).
@@ -211,6 +224,7 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         "agent_version_number",
         "notes",
         "dialnexa_conn_id",
+        "placed_after",
     )
     template_fields_renderers = {"metadata": "json", "notes": "json"}
     ui_color = "#dcfce7"
@@ -218,29 +232,48 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
     def __init__(
         self,
         *,
-        phone_number: str,
-        agent_id: str,
+        phone_number: str | XComArg,
+        agent_id: str | XComArg,
         metadata: dict[str, Any] | None = None,
         agent_version_number: int | str | None = None,
         notes: dict[str, Any] | None = None,
         mask_phone_numbers: bool = True,
+        placed_after: datetime | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(call_id="", mask_phone_numbers=mask_phone_numbers, **kwargs)
-        if not _is_template(phone_number):
+        if not arrives_at_run_time(phone_number):
             validate_phone_number(phone_number)  # a literal typo fails the DAG at parse time
-        self.phone_number = phone_number
-        self.agent_id = agent_id
+        if isinstance(placed_after, datetime | str) and not arrives_at_run_time(placed_after):
+            try:
+                as_utc(placed_after, "placed_after")
+            except ValueError as exc:
+                raise ValueError(f"Task {self.task_id!r}: {exc}") from None
+        self.placed_after: Any = placed_after  # a datetime, or rendered (a str) / task output before execute
+        self.phone_number: Any = phone_number  # rendered (a str) before execute
+        self.agent_id: Any = agent_id
         self.metadata = metadata
         self.agent_version_number = agent_version_number
         self.notes = notes
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Airflow's ``partial``, whose ``expand``/``expand_kwargs`` check literal phone numbers at parse time."""
+        if "phone_number" in kwargs and not arrives_at_run_time(kwargs["phone_number"]):
+            validate_phone_number(kwargs["phone_number"])
+        return CheckedPartial(super().partial(**kwargs), {"phone_number": validate_phone_number})
+
     def execute(self, context: Context) -> dict[str, Any]:
+        validate_phone_number(self.phone_number)  # rendered from a template or task output: checked like a literal
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
         mine = self.metadata.get(CORRELATION_KEY) if isinstance(self.metadata, dict) else None
         correlation = mine or correlation_id_for(ti.dag_id, ti.run_id, ti.task_id, map_index)
         retried = (ti.try_number or 1) > 1
+        bound = self.placed_after  # "" or "None": a template whose value was missing
+        placed_after = as_utc(bound, "placed_after") if bound is not None and bound not in ("", "None") else None
+        if placed_after is None and not mine:  # the generated value exists since this DAG run, not before
+            placed_after = _run_start(context) or datetime.now(UTC)
         created = self.hook.create_call(
             self.phone_number,
             self.agent_id,
@@ -248,8 +281,8 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
             agent_version_number=_whole_number(self.agent_version_number),
             notes=self.notes,
             correlation_id=correlation,
-            adopt_existing=retried,
-            placed_after=_run_start(context),
+            adopt_existing=bool(mine) or retried,  # a value you chose may be on a call of another run
+            placed_after=placed_after,
         )
         self.call_id = str(created["id"])
         raw = created.get("status")
@@ -279,19 +312,14 @@ class DialNexaCreateCallOperator(DialNexaGetCallOperator):
         self.call_id = call_id
         return super().execute_complete(context, event)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: DialNexa's calls as output (the task placed one); no I/O."""
+        return calls_lineage(resolved_base_url(vars(self).get("hook")), created=True)
+
 
 ON_TIMEOUT_CHOICES = ("fail", "export", "export_ended")
 #: One JSON line per record, compact and UTF-8 (one encoder for every record, not one per call).
 _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _asset_for(destination: str) -> Any:
-    """An Airflow asset (dataset on 2.x) for a fixed destination, or None when it cannot be one."""
-    uri = destination if "://" in destination else f"file://{os.path.abspath(destination)}"
-    try:
-        return Asset(uri)
-    except Exception:  # a URI Airflow refuses as an asset must not break the DAG: just no automatic outlet
-        return None
 
 
 class DialNexaExportCallsOperator(BaseOperator):
@@ -311,8 +339,12 @@ class DialNexaExportCallsOperator(BaseOperator):
     call, running ones with their current status) or ``export_ended`` (leave the running ones out).
 
     Returns (XCom) ``{"path", "calls", "statuses", "window_start", "window_end"}``, never the records.
-    With a fixed (untemplated) ``destination`` and no ``outlets`` given, the file is the task's outlet
-    asset (dataset on Airflow 2), so downstream DAGs can be scheduled on it.
+    Every run records an asset event (dataset event on Airflow 2) for the file written, with that summary as
+    the event's ``extra``. With a fixed (untemplated) ``destination`` and no ``outlets`` given, the file is the
+    task's outlet asset. With a templated one (and in mapped tasks) the task declares the asset alias
+    ``export_alias(dag_id, task_id)`` (also its ``asset_alias`` attribute) and resolves it at run time to the
+    file written: schedule downstream DAGs on the asset or on the alias. OpenLineage (if installed) gets
+    DialNexa's calls as input and the file as output, with its row count.
 
     :param destination: Target file URL or path (templated).
     :param window_start: Window start, datetime or ISO-8601 (templated; default the data interval start).
@@ -327,14 +359,16 @@ class DialNexaExportCallsOperator(BaseOperator):
     template_fields: Sequence[str] = ("destination", "window_start", "window_end", "filters", "dialnexa_conn_id")
     template_fields_renderers = {"filters": "json"}
     ui_color = "#e0f2fe"
+    #: The summary of the last export this instance wrote (what lineage reports; set by ``execute``).
+    _summary: dict[str, Any] | None = None
 
     def __init__(
         self,
         *,
-        destination: str,
-        window_start: datetime | str | None = None,
-        window_end: datetime | str | None = None,
-        filters: dict[str, Any] | None = None,
+        destination: str | XComArg,
+        window_start: datetime | str | XComArg | None = None,
+        window_end: datetime | str | XComArg | None = None,
+        filters: dict[str, Any] | XComArg | None = None,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         wait_for_running: bool = True,
         timeout: timedelta | float = DEFAULT_CALL_TIMEOUT,
@@ -348,15 +382,17 @@ class DialNexaExportCallsOperator(BaseOperator):
         page_size: int = MAX_LIST_LIMIT,
         **kwargs: Any,
     ) -> None:
-        if isinstance(destination, str) and not _is_template(destination) and not kwargs.get("outlets"):
+        if isinstance(destination, str) and not arrives_at_run_time(destination) and not kwargs.get("outlets"):
             asset = _asset_for(destination)
             if asset is not None:
                 kwargs["outlets"] = [asset]
         super().__init__(**kwargs)
-        self.destination = destination
-        self.window_start = window_start
-        self.window_end = window_end
-        self.filters = dict(filters or {})
+        # Any: templates and task output are replaced by their rendered values before execute
+        self.destination: Any = destination
+        self.asset_alias = self._own_alias()
+        self.window_start: Any = window_start
+        self.window_end: Any = window_end
+        self.filters: Any = dict(filters) if isinstance(filters, Mapping) else ({} if filters is None else filters)
         self.dialnexa_conn_id = dialnexa_conn_id
         self.wait_for_running = wait_for_running
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
@@ -370,17 +406,18 @@ class DialNexaExportCallsOperator(BaseOperator):
         where = f"Task {self.task_id!r}"
         if on_timeout not in ON_TIMEOUT_CHOICES:
             raise ValueError(f"{where}: on_timeout must be one of {ON_TIMEOUT_CHOICES}, got {on_timeout!r}")
-        if not isinstance(destination, str) or not destination.strip():
-            raise ValueError(f"{where}: destination must be a file URL or path, got {destination!r}")
         if not 1 <= page_size <= MAX_LIST_LIMIT:
             raise ValueError(f"{where}: page_size must be between 1 and {MAX_LIST_LIMIT}, got {page_size}")
         if self.timeout <= 0:
             raise ValueError(f"{where}: timeout must be positive, got {self.timeout}")
         check_wait_options(self.poll_interval, self.max_poll_interval, None)
-        try:  # names at parse time; values may still be templates
-            filter_query(dict.fromkeys(self.filters))
-            if not _is_template(window_start) and not _is_template(window_end):
-                DialNexaHook.check_list_arguments(window_start, window_end)
+        # What is literal is checked now; templates and task output once rendered, before any request (_checked).
+        try:
+            if not arrives_at_run_time(destination):
+                self._check_destination(destination)
+            check_literal_filters(self.filters)
+            if not arrives_at_run_time(window_start) and not arrives_at_run_time(window_end):
+                DialNexaHook.check_list_arguments(cast("Any", window_start), cast("Any", window_end))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
@@ -388,7 +425,62 @@ class DialNexaExportCallsOperator(BaseOperator):
     def hook(self) -> DialNexaHook:
         return DialNexaHook(self.dialnexa_conn_id)
 
+    # -- asset events and lineage -------------------------------------------------------------------
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``BaseOperator.partial`` plus the export alias in ``outlets``: a mapped task's files are known only at
+        run time, and Airflow reads a mapped task's outlets from these arguments when it parses the DAG."""
+        partial = super().partial(**kwargs)
+        dag = partial.kwargs.get("dag")
+        if dag is not None:
+            alias = export_alias(dag.dag_id, partial.kwargs["task_id"])
+            outlets = list(partial.kwargs.get("outlets") or [])
+            partial.kwargs["outlets"] = outlets if alias in outlets else [*outlets, alias]
+        return partial
+
+    def _own_alias(self) -> Any:
+        """The task's export alias, in its outlets: added here for a templated destination, by ``partial`` for a
+        mapped task; None for a fixed destination (its own outlet asset carries the event) or without a DAG."""
+        if not self.has_dag():
+            return None
+        alias = export_alias(self.dag_id, self.task_id)
+        if alias in self.outlets:
+            return alias
+        if not arrives_at_run_time(self.destination):
+            return None
+        self.outlets = [*self.outlets, alias]
+        return alias
+
+    def _published(self, context: Context, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Keep the summary for lineage and put it on the asset event of the file written."""
+        if summary is not None:
+            self._summary = summary
+            asset = record_export_event(context, self.outlets, self.asset_alias, summary)
+            if asset is not None:
+                self.log.info("Asset event for %s (alias %s)", asset.uri, getattr(self.asset_alias, "name", None))
+        return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: DialNexa's calls in, the written file out with its row count; from what ``execute`` kept."""
+        return export_lineage(resolved_base_url(vars(self).get("hook")), self._summary)
+
     # -- window, destination ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_destination(destination: object) -> None:
+        if not isinstance(destination, str) or not destination.strip():
+            raise ValueError(f"destination must be a file URL or path, got {destination!r:.80}")
+
+    def _checked(self, context: Context) -> tuple[str, str]:
+        """The rendered fields checked as literals are at parse time (same messages); the window as ISO strings."""
+        try:
+            self._check_destination(self.destination)
+            if not isinstance(self.filters, dict):
+                raise ValueError(f"filters must be a dict of List Calls filters, got {type(self.filters).__name__}")
+            return self._window(context)
+        except ValueError as exc:
+            raise ValueError(f"Task {self.task_id!r}: {exc}") from None
 
     def _window(self, context: Context) -> tuple[str, str]:
         """The window as ISO-8601 UTC strings, from the operator's (rendered) fields or the data interval."""
@@ -401,16 +493,18 @@ class DialNexaExportCallsOperator(BaseOperator):
             value = value if value not in (None, "") else context.get(default)
             if value in (None, "", "None"):
                 raise ValueError(
-                    f"Task {self.task_id!r}: no {name} (the run has no {default}); set {name} explicitly, "
+                    f"no {name} (the run has no {default}); set {name} explicitly, "
                     "e.g. for manual runs of a DAG without a schedule"
                 )
             bounds.append(iso_utc(as_utc(value, name)))
         if bounds[0] == bounds[1] and self.window_start in (None, "") and self.window_end in (None, ""):
             raise ValueError(
-                f"Task {self.task_id!r}: the run's data interval is empty ({bounds[0]}). Airflow 3 gives cron "
-                "schedules zero-length intervals (CronTriggerTimetable); schedule the DAG with "
-                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), set "
-                "[scheduler] create_cron_data_intervals = True, or pass window_start/window_end"
+                f"the run's data interval is empty ({bounds[0]}), so there is no window to export. Airflow 3 "
+                "gives zero-length intervals to manual runs of a DAG with schedule=None and to cron schedules "
+                "(CronTriggerTimetable). Pass window_start/window_end (e.g. '2026-10-05T06:00:00Z' and "
+                "'2026-10-05T07:00:00Z', or templates), or schedule the DAG with "
+                "CronDataIntervalTimetable('@hourly', timezone='UTC') (or a timedelta), or set "
+                "[scheduler] create_cron_data_intervals = True"
             )
         DialNexaHook.check_list_arguments(bounds[0], bounds[1], **self.filters)
         return bounds[0], bounds[1]
@@ -428,18 +522,18 @@ class DialNexaExportCallsOperator(BaseOperator):
     # -- execution ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        start, end = self._window(context)
+        start, end = self._checked(context)
         if self.wait_for_running and self._running_statuses() != []:
             result = self._export(start, end, stop_at_running=True)
             if result is None:
                 self._defer(start, end, time.time() + self.timeout, "status")
-            return result  # type: ignore[return-value]
-        return self._export(start, end)  # type: ignore[return-value]
+            return self._published(context, result)  # type: ignore[return-value]
+        return self._published(context, self._export(start, end))  # type: ignore[return-value]
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the window trigger: export, wait again, or handle the timeout."""
         checked = validate_window_event(event)
-        start, end = self._window(context)
+        start, end = self._checked(context)
         if (checked["window_start"], checked["window_end"]) != (start, end):
             raise DialNexaError(
                 f"Task {self.task_id!r}: the trigger waited for [{checked['window_start']}, {checked['window_end']}) "
@@ -451,10 +545,10 @@ class DialNexaExportCallsOperator(BaseOperator):
         if checked["event"] == SUCCESS and time.time() < end_time:
             result = self._export(start, end, stop_at_running=True)
             if result is not None:
-                return result
+                return self._published(context, result)  # type: ignore[return-value]
             # Still (or newly) running calls although the trigger saw none: poll them by id from now on.
             self._defer(start, end, end_time, "per_call")
-        return self._export(start, end, timed_out=True)  # type: ignore[return-value]
+        return self._published(context, self._export(start, end, timed_out=True))  # type: ignore[return-value]
 
     def _defer(self, start: str, end: str, end_time: float, mode: str) -> None:
         trigger = DialNexaWindowTrigger(
@@ -484,16 +578,17 @@ class DialNexaExportCallsOperator(BaseOperator):
         With ``stop_at_running`` the first running call ends the listing (the task will wait). With
         ``timed_out`` running calls are handled per ``on_timeout``.
         """
-        path = self._path()
-        temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
         try:
+            path = self._path()
+            temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
             if path.protocol in ("", "file", "local"):
                 path.parent.mkdir(parents=True, exist_ok=True)
             raw = temp.open("wb")
         except Exception as exc:  # before any request: nothing listed yet
+            fix = missing_filesystem_hint(str(self.destination), exc) or "check the path and the storage permissions"
             raise DialNexaConfigError(
-                f"Task {self.task_id!r}: cannot write next to destination {str(path)!r} "
-                f"({type(exc).__name__}: {exc}); check the path and the storage permissions"
+                f"Task {self.task_id!r}: cannot write next to destination {str(self.destination)!r} "
+                f"({type(exc).__name__}: {exc}); {fix}"
             ) from exc
         raw_counts: dict[Any, int] = {}  # by status as sent; normalised once per distinct value at the end
         ended: dict[Any, bool] = {}
@@ -565,3 +660,20 @@ class DialNexaExportCallsOperator(BaseOperator):
             result["running_left_out"] = len(running)
         self.log.info("Exported %d DialNexa calls of [%s, %s) to %s", result["calls"], start, end, path)
         return result
+
+
+# Campaign operators live in their own module; importable from here like the others (imported last: that
+# module reaches back into this one only inside functions).
+from airflow_provider_dialnexa.operators.batch import (  # noqa: E402
+    DialNexaCreateBatchCallOperator,
+    DialNexaExportBatchCallsOperator,
+)
+
+__all__ = [
+    "DialNexaCreateBatchCallOperator",
+    "DialNexaCreateCallOperator",
+    "DialNexaExportBatchCallsOperator",
+    "DialNexaExportCallsOperator",
+    "DialNexaGetCallOperator",
+    "correlation_id_for",
+]

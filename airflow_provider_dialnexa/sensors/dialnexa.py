@@ -23,8 +23,9 @@ from airflow_provider_dialnexa._wait import (
     ended_status,
     failure_status_set,
     outcome,
+    polling_option,
 )
-from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, DialNexaError, DialNexaWaitTimeoutError
+from airflow_provider_dialnexa.exceptions import DialNexaCallFailedError, DialNexaWaitTimeoutError
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL
 from airflow_provider_dialnexa.triggers.dialnexa import DEFAULT_MAX_CONSECUTIVE_FAILURES
@@ -38,6 +39,13 @@ if TYPE_CHECKING:
 #: timed out (``SchedulerJobRunner.check_trigger_timeouts``). Airflow 3 says ``TriggerFailureReason``.
 _TRIGGER_FAIL = "__fail__"
 _AIRFLOW2_DEFERRAL_TIMEOUT = "Trigger/execution timeout"
+
+
+def _skips(error: BaseException) -> bool:
+    """Whether ``soft_fail`` may turn ``error`` (what a skip on resume chains) into a skip."""
+    return isinstance(
+        error, AirflowSensorTimeout | DialNexaWaitTimeoutError | DialNexaCallFailedError | AirflowSkipException
+    )
 
 
 class DialNexaCallSensor(BaseSensorOperator):
@@ -86,7 +94,7 @@ class DialNexaCallSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.max_poll_interval = max(max_poll_interval, self.poke_interval)
         self.max_consecutive_failures = max_consecutive_failures
-        self.polling = polling
+        self.polling = polling_option(polling, self.task_id)  # a typo fails at parse time in every mode
         if deferrable:  # fail at parse time, not in the triggerer
             check_wait_options(self.poke_interval, self.max_poll_interval, polling)
 
@@ -121,10 +129,12 @@ class DialNexaCallSensor(BaseSensorOperator):
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Resume after the trigger, where ``soft_fail`` skips only a timeout or a ``failure_statuses`` match.
 
-        Airflow's sensor (2.x and 3.x alike) turns *any* ``AirflowException`` raised on resume into a skip
-        under ``soft_fail``, and every DialNexa error is one; so an auth, not-found or server error would skip
-        in deferrable mode but fail in poke mode. The skip it raises chains the original error: an error that
-        is not a timeout or a declared failure is raised again instead, failing the task in every mode.
+        Airflow's sensor (2.x and 3.x alike) turns *any* ``AirflowException`` or ``TaskDeferralError`` raised on
+        resume into a skip under ``soft_fail``: a trigger that failed (the triggerer could not run it; Airflow
+        resumes the task with ``__fail__``), an auth, not-found or server error would all skip in deferrable
+        mode where poke mode fails. The skip it raises chains the original error; unless that error is a
+        timeout (``AirflowSensorTimeout``, ``DialNexaWaitTimeoutError``) or a declared failure
+        (``DialNexaCallFailedError``), it is raised again instead, failing the task in every mode.
         ``never_fail`` keeps Airflow's meaning (skip on any error).
 
         Airflow 2.11 fails a deferral that outlived ``timeout`` with a generic, retried ``TaskDeferralError``;
@@ -139,8 +149,7 @@ class DialNexaCallSensor(BaseSensorOperator):
             return super().resume_execution(next_method, next_kwargs, context)
         except AirflowSkipException as skip:
             error = skip.__cause__
-            skippable = (DialNexaCallFailedError, DialNexaWaitTimeoutError)
-            if self.soft_fail and isinstance(error, DialNexaError) and not isinstance(error, skippable):
+            if self.soft_fail and not getattr(self, "never_fail", False) and error is not None and not _skips(error):
                 raise error from None
             raise
 

@@ -16,6 +16,8 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
+from airflow_provider_dialnexa.simulator import batch_api, batches
+from airflow_provider_dialnexa.simulator.echo import echo_message, number_of
 from airflow_provider_dialnexa.simulator.ratelimit import header_values
 from airflow_provider_dialnexa.simulator.state import (
     ERROR_FAULTS,
@@ -82,14 +84,15 @@ def _error(status: int, message: str | list[str], headers: tuple[tuple[bytes, by
     return Reply(status, error_body(status, message), JSON, headers)
 
 
-def _fault_reply(fault: Fault) -> Reply:
-    """The answer of an error fault (429/5xx, or any status code given as the kind)."""
+def _fault_reply(fault: Fault, number: str | None = None) -> Reply:
+    """The answer of an error fault (429/5xx, or any status code given as the kind); ``number``: echo it."""
     if fault.kind == "502_html":
         return Reply(502, _HTML_502, HTML)
     status = int(fault.kind)
     retry = ((b"retry-after", fault.retry_after.encode("latin-1")),) if fault.retry_after is not None else ()
     messages = {429: "ThrottlerException: Too Many Requests", 500: "Internal server error", **CREATE_REFUSALS}
-    return _error(status, messages.get(status, HTTPStatus(status).phrase), retry if status in (429, 503) else ())
+    message = echo_message(status, number) if number else messages.get(status, HTTPStatus(status).phrase)
+    return _error(status, message, retry if status in (429, 503) else ())
 
 
 #: DialNexa's documented Create Call refusals (OpenAPI ``createCall`` examples).
@@ -151,6 +154,13 @@ def _resolve(method: str, scope: Scope) -> tuple[str, str | None]:
         if len(parts) == 4 and parts[3]:
             route = {"GET": "webhook_get", "PATCH": "webhook_update", "DELETE": "webhook_delete"}.get(method, "other")
             return route, unquote(parts[3])
+    if parts[1:3] == ["v1", "batch-calls"]:  # simulator/batches.py
+        if len(parts) == 3:
+            return {"GET": "batch_list", "POST": "batch_create"}.get(method, "other"), None
+        if len(parts) == 4 and method == "GET":
+            return "batch_get", unquote(parts[3])
+        if len(parts) == 5 and parts[4] == "status" and method == "PATCH":
+            return "batch_status", unquote(parts[3])
     return "other", None
 
 
@@ -207,6 +217,9 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
                 return 201, {"seeded": state.seed_calls(**body)}
             case "GET", ["calls", call_id]:
                 return 200, state.record(call_id)
+            case "DELETE", ["calls", call_id]:
+                state.delete_call(call_id)
+                return 200, {"ok": True}
             case "GET", ["calls", call_id, "plan"]:
                 return 200, state.plan(call_id).to_dict()
             case "POST", ["calls", call_id, "status"]:
@@ -236,6 +249,8 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
             case "POST", ["reset"]:
                 state.reset(body.get("seed"))
                 return 200, {"ok": True}
+            case _, ["batches" | "clock", *_]:
+                return batch_api.control(state, method, parts, body)
     except KeyError as exc:
         return 404, {"statusCode": 404, "message": str(exc.args[0]), "error": "Not Found"}
     except (TypeError, ValueError) as exc:
@@ -264,8 +279,9 @@ class SimulatorApp:
     async def _api(self, scope: Scope, body: bytes, send: Send) -> None:
         state, now, method = self.state, time.time(), scope["method"]
         route, call_id = _resolve(method, scope)
-        listing = route in ("list", "webhook_list")
-        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if listing else {}
+        batches.tick(state)
+        paged = route in ("list", "batch_list", "batch_get", "webhook_list")
+        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if paged else {}
         call_ids = (call_id,) if call_id is not None else tuple(split_csv(query.get("call_id")))
         reply, reset = await self._answer(route, method, scope, call_ids, query, body, now)
         client = scope.get("client")
@@ -312,12 +328,15 @@ class SimulatorApp:
                 raise SimulatedReset("shutdown during a simulated delay") from None
             now = time.time()  # the call's lifecycle moved on while we slept
         if fault is not None and (fault.kind in ERROR_FAULTS or is_status_fault(fault.kind)):
-            return _fault_reply(fault), False
+            return _fault_reply(fault, self._echoed(route, call_ids, body) if fault.echo_number else None), False
         try:
             if route == "get":
                 status, payload = 200, state.api_get(call_ids[0], now)
             elif route == "list":
                 status, payload = 200, state.api_list(query, now)
+            elif route.startswith("batch_"):
+                ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
+                status, payload = batch_api.api(state, route, call_ids[0] if call_ids else None, query, body, ctype)
             elif route == "create":
                 status, payload = 201, state.api_create(_parse_json(body), now)
             else:
@@ -332,6 +351,18 @@ class SimulatorApp:
         if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)))) is not None:
             return lost
         return Reply(status, dumps(payload)), fault is not None and fault.kind == "reset"
+
+    def _echoed(self, route: str, call_ids: tuple[str, ...], body: bytes) -> str:
+        """The phone number an ``echo_number`` fault quotes (see ``simulator.echo``)."""
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        try:
+            record = self.state.record(call_ids[0]) if route == "get" and call_ids else None
+        except KeyError:
+            record = None
+        return number_of(route, call_ids, parsed, record)
 
     async def _control(self, scope: Scope, body: bytes, send: Send) -> None:
         client = scope.get("client")

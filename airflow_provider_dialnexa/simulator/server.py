@@ -143,6 +143,10 @@ class SimulatorControls:
         """Create ``n`` ended calls spread over creation times ``[start, end)`` (see :meth:`SimState.seed_calls`)."""
         return int(self._control("POST", "/_sim/calls/seed", {"n": n, "start": start, "end": end, **options})["seeded"])
 
+    def delete_call(self, call_id: str) -> None:
+        """Make the call disappear (Get Call answers 404, List Calls no longer shows it), as a deleted call does."""
+        self._control("DELETE", f"/_sim/calls/{quote(call_id, safe='')}")
+
     def set_status(self, call_id: str, status: str) -> None:
         """Force the status shown from now on, verbatim (terminal statuses fill the end-of-call fields)."""
         self._control("POST", f"/_sim/calls/{quote(call_id, safe='')}/status", {"status": status})
@@ -220,6 +224,24 @@ class SimulatorControls:
                 raise TimeoutError(f"webhook deliveries still pending after {timeout:.0f} s")
             time.sleep(0.05)
         return self.deliveries()
+
+    # -- batch calls (simulator/batches.py) ---------------------------------------------------------
+
+    def configure_batches(self, **changes: Any) -> dict[str, Any]:
+        """Change how batches behave (:class:`~airflow_provider_dialnexa.simulator.batches.BatchConfig`)."""
+        return dict(self._control("POST", "/_sim/batches/config", changes))
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch as List Batch Calls shows it, plus ``attempts`` and each lead's ``finals`` (by number)."""
+        return list(self._control("GET", "/_sim/batches")["batches"])
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the batch clock ``seconds`` ahead (running every batch event meanwhile); returns its time."""
+        return float(self._control("POST", "/_sim/clock/advance", {"seconds": seconds})["now"])
+
+    def set_clock(self, when: float) -> float:
+        """Set the batch clock to ``when`` (epoch seconds; later is safe, earlier only before any batch)."""
+        return float(self._control("POST", "/_sim/clock", {"time": when})["now"])
 
 
 class Simulator(SimulatorControls):
@@ -313,7 +335,7 @@ class SimulatorProcess(SimulatorControls):
             sys.executable,
             "-m",
             "airflow_provider_dialnexa.simulator",
-            *("--host", host, "--port", str(port), "--api-key", api_key, "--seed", str(seed)),
+            *("--host", host, "--port", str(port), "--api-key", api_key, "--rng-seed", str(seed)),
             *("--calls", str(calls), "--log-level", log_level),
         ]
         self._proc: subprocess.Popen[str] | None = None

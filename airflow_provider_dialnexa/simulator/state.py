@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
+from airflow_provider_dialnexa.simulator import quirks
 from airflow_provider_dialnexa.simulator.ratelimit import KeyLimiter, RateState, ResetStyle, WindowKind
-from airflow_provider_dialnexa.simulator.webhooks import WEBHOOK_ROUTES, CallView, WebhookHub
+from airflow_provider_dialnexa.simulator.webhooks import CallView, WebhookHub
 from airflow_provider_dialnexa.status import TERMINAL, normalise
 
 Spelling = Literal["camel", "snake"]
@@ -30,6 +31,10 @@ FaultRoute = Literal[
     "list",
     "create",
     "any",
+    "batch_create",
+    "batch_list",
+    "batch_get",
+    "batch_status",
     "webhook_list",
     "webhook_create",
     "webhook_get",
@@ -283,6 +288,8 @@ class Fault:
     rate: float | None = None
     retry_after: str | None = None
     delay_s: float = 1.0
+    #: Error faults only: the ``message`` quotes the request's (or the call's) phone number in several spellings.
+    echo_number: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS and not is_status_fault(self.kind):
@@ -290,8 +297,8 @@ class Fault:
                 f"kind must be one of {FAULT_KINDS} or one of DialNexa's error statuses "
                 f"{sorted(DOCUMENTED_ERROR_STATUSES)}, not {self.kind!r}"
             )
-        if self.route not in ("get", "list", "create", "any", *WEBHOOK_ROUTES):
-            raise ValueError(f"route must be get, list, create, any or one of {WEBHOOK_ROUTES}, not {self.route!r}")
+        if self.route not in get_args(FaultRoute):
+            raise ValueError(f"route must be one of {get_args(FaultRoute)}, not {self.route!r}")
         if self.count is not None and self.rate is not None:
             raise ValueError("give count or rate, not both")
         if self.count is not None and self.count < 1:
@@ -330,6 +337,14 @@ class SimConfig:
     list_cap: int = 0
     #: Calls created (now) at the start of every List Calls request: a population growing while a client pages.
     grow_per_list: int = 0
+    #: Page size when ``limit`` is absent (or ignored through ``list_ignores``): DialNexa documents 20.
+    list_default_limit: int = 20
+    #: List every N-th row twice in a row (0 = never): the same id can sit twice on one page (see ``quirks``).
+    list_repeat_every: int = 0
+    #: List every N-th row without its ``id`` (0 = never), counted across pages.
+    list_missing_id_every: int = 0
+    #: ``createdAt`` spelling: ``z`` (``...02.118Z``, DialNexa's) or ``offset`` (``...02.118+00:00``).
+    created_style: quirks.CreatedStyle = "z"
     #: Key-wide limit across all clients (requests per ``key_window_s``; 0 = none): 429 + Retry-After beyond it.
     key_limit: int = 0
     key_window_s: float = 60.0
@@ -350,6 +365,10 @@ class SimConfig:
             raise ValueError("spelling must be 'camel' or 'snake'")
         if self.latency_s < 0 or self.ratelimit_limit < 1 or not self.api_key:
             raise ValueError("latency_s must be >= 0, ratelimit_limit >= 1 and api_key non-empty")
+        if min(self.list_repeat_every, self.list_missing_id_every) < 0 or self.list_default_limit < 1:
+            raise ValueError("list_repeat_every/list_missing_id_every must be >= 0 and list_default_limit >= 1")
+        if self.created_style not in quirks.CREATED_STYLES:
+            raise ValueError(f"created_style must be one of {quirks.CREATED_STYLES}")
         if self.key_limit < 0 or self.reset_style not in ("epoch", "seconds"):
             raise ValueError("key_limit must be >= 0 and reset_style 'epoch' or 'seconds'")
         if self.key_limit:
@@ -617,6 +636,13 @@ class SimState:
         with self._lock:
             return self._record(self._call(call_id), time.time(), advance=False)
 
+    def delete_call(self, call_id: str) -> None:
+        """Make the call disappear, as a deleted call does: Get Call answers 404, List Calls no longer shows it."""
+        with self._lock:
+            self._call(call_id)
+            del self._calls[call_id]
+            self._order_of = None  # rebuild the creation-time index without it
+
     def _call(self, call_id: str) -> _Call:
         try:
             return self._calls[call_id]
@@ -751,7 +777,7 @@ class SimState:
         envelope = cfg.list_style == "envelope"
         errors: list[str] = []
         page = _int_param(query, "page", 1, errors)
-        limit = _int_param(query, "limit", 20, errors)
+        limit = _int_param(query, "limit", cfg.list_default_limit, errors)
         if page < 1:
             errors.append("page must not be less than 1")
         if limit < 1:
@@ -779,29 +805,43 @@ class SimState:
                 if not wanted and not (window.agent_ids or window.batch_ids or window.directions):
                     # Nothing to test per call: slice the index (a page costs O(limit), not O(offset)).
                     start = (page - 1) * limit
-                    data = [
-                        self._record(self._calls[order[i][2]], now, False) for i in positions[start : start + limit]
-                    ]
+                    taken: Sequence[int] = (
+                        positions[start : start + limit]
+                        if not cfg.list_repeat_every
+                        else list(
+                            itertools.islice(quirks.repeated(positions, cfg.list_repeat_every), start, start + limit)
+                        )
+                    )
+                    data = [self._record(self._calls[order[i][2]], now, False) for i in taken]
+                    quirks.drop_ids(data, start, cfg.list_missing_id_every)
                     if not envelope:
                         return data
-                    total = len(positions)
+                    total = len(positions) + (len(positions) // cfg.list_repeat_every if cfg.list_repeat_every else 0)
                     meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
                     return {"data": data, "meta": meta}
                 calls = (self._calls[order[i][2]] for i in positions)
-            matches = (
-                c
-                for c in calls
-                if not c.plan.foreign
-                and (not wanted or normalise(self._status(c, now, advance=False)[0]) in wanted)
-                and _listed(c, window)
+            matches = quirks.repeated(
+                (
+                    c
+                    for c in calls
+                    if not c.plan.foreign
+                    and (not wanted or normalise(self._status(c, now, advance=False)[0]) in wanted)
+                    and _listed(c, window)
+                ),
+                0 if ids else cfg.list_repeat_every,
             )
             if cfg.list_cap and not envelope:
                 limit = min(limit, cfg.list_cap)
             start = (page - 1) * limit
+            missing_every = 0 if ids else cfg.list_missing_id_every
             if not envelope:
-                return [self._record(c, now, advance=False) for c in itertools.islice(matches, start, start + limit)]
+                page_rows = [
+                    self._record(c, now, advance=False) for c in itertools.islice(matches, start, start + limit)
+                ]
+                return quirks.drop_ids(page_rows, start, missing_every)
             everything = list(matches)
             rows = [self._record(c, now, advance=False) for c in everything[start : start + limit]]
+            quirks.drop_ids(rows, start, missing_every)
         total = len(everything)
         meta = {"page": page, "limit": limit, "total": total, "totalPages": math.ceil(total / limit)}
         return {"data": rows, "meta": meta}
@@ -954,7 +994,7 @@ class SimState:
             "type": "phone",
             "call_direction": call.direction,
             "status": raw,
-            "createdAt" if camel else "created_at": call.created_iso,
+            "createdAt" if camel else "created_at": quirks.created_text(call.created_iso, self.config.created_style),
             "ended_at": iso8601(ended_at) if ended_at is not None else None,
             "duration" if camel else "duration_seconds": duration,
             "end_reason": end_reason,

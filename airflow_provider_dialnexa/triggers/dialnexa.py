@@ -1,54 +1,68 @@
-"""DialNexaCallTrigger: wait, in the triggerer, until a DialNexa call reaches a terminal status."""
+"""DialNexaCallTrigger: wait, in the triggerer, until a DialNexa call reaches a terminal status.
+
+DialNexaWindowTrigger: wait until no call of a creation window is still running (the export's wait). Both run
+the poll loop of ``triggers._loop`` (schedule, deadline, failures); they differ in what one read is.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_dialnexa import status as call_status
-from airflow_provider_dialnexa._connection import POLLING_MODES
-from airflow_provider_dialnexa._poller import batch_poller
+from airflow_provider_dialnexa._connection import polling_mode
+from airflow_provider_dialnexa._paging import as_utc, epoch_seconds, iso_utc
+from airflow_provider_dialnexa._poller import shared_poller
 from airflow_provider_dialnexa.exceptions import (
-    TRANSIENT_KINDS,
     DialNexaBadRequestError,
     DialNexaError,
     DialNexaMalformedResponseError,
+    DialNexaNotFoundError,
 )
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook
 from airflow_provider_dialnexa.policy import DEFAULT_MAX_POLL_INTERVAL, DEFAULT_POLL_INTERVAL, PollPolicy
+from airflow_provider_dialnexa.records import mask_numbers
+from airflow_provider_dialnexa.triggers._loop import (
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    ERROR,
+    EVENT_NAMES,
+    SUCCESS,
+    TIMEOUT,
+    DeadlinePassed,
+    PollLoop,
+    before_deadline,
+    gave_up,
+    no_lead,
+)
 
-#: Event names a trigger yields (exactly one per run).
-SUCCESS, ERROR, TIMEOUT = "success", "error", "timeout"
-EVENT_NAMES = frozenset({SUCCESS, ERROR, TIMEOUT})
-DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
-_T = TypeVar("_T")
+__all__ = [
+    "DEFAULT_MAX_CONSECUTIVE_FAILURES",
+    "ERROR",
+    "EVENT_NAMES",
+    "RUNNING_STATUS_FILTER",
+    "SUCCESS",
+    "TIMEOUT",
+    "WINDOW_MODES",
+    "WINDOW_PROBE_PAGE",
+    "DeadlinePassed",
+    "DialNexaCallTrigger",
+    "DialNexaWindowTrigger",
+    "before_deadline",
+    "validate_event",
+    "validate_window_event",
+]
+
+_Fetch = Callable[[str], Awaitable[dict[str, Any]]]
 
 
-class DeadlinePassed(Exception):
-    """A wait's wall-clock ``end_time`` passed while one of its reads was still in flight."""
-
-
-async def before_deadline(end_time: float | None, work: Awaitable[_T]) -> _T:
-    """Await ``work``, or raise ``DeadlinePassed`` once the wall-clock ``end_time`` passes (None: no bound).
-
-    A wait's deadline must hold even when DialNexa is slow to answer (or the hook is retrying): the read is
-    cancelled and the caller reports the timeout, instead of learning of it only after the read returns.
-    """
-    if end_time is None:
-        return await work
-    deadline = asyncio.timeout(max(0.0, end_time - time.time()))
-    try:
-        async with deadline:
-            return await work
-    except TimeoutError:
-        if deadline.expired():
-            raise DeadlinePassed from None
-        raise
+def _unexpected(exc: Exception) -> str:
+    """The message of an error event for a bug (not a DialNexa error): type and text, numbers masked."""
+    return mask_numbers(f"{type(exc).__name__}: {exc}")
 
 
 class DialNexaCallTrigger(BaseTrigger):
@@ -68,8 +82,9 @@ class DialNexaCallTrigger(BaseTrigger):
     :param call_id: The DialNexa call id.
     :param dialnexa_conn_id: Airflow connection id.
     :param poll_interval: First interval between polls, seconds (>= 1; DialNexa suggests 5-10).
-    :param end_time: Wall-clock deadline, epoch seconds (``time.time()``: worker and triggerer are
-        different processes, so never a monotonic reading). None waits forever.
+    :param end_time: Wall-clock deadline: epoch seconds (``time.time() + ...``: worker and triggerer are
+        different processes, so never a monotonic reading), a datetime (naive = UTC) or an ISO-8601 string;
+        stored and serialized as epoch seconds. None waits forever.
     :param max_poll_interval: Cap of the growing interval.
     :param poll_growth: Factor the interval grows by after each poll of a running call.
     :param poll_jitter: Fraction by which an interval may be shortened, so thousands of waits do not poll
@@ -87,7 +102,7 @@ class DialNexaCallTrigger(BaseTrigger):
         call_id: str,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        end_time: float | None = None,
+        end_time: float | datetime | str | None = None,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         poll_growth: float = 1.5,
         poll_jitter: float = 0.1,
@@ -99,15 +114,13 @@ class DialNexaCallTrigger(BaseTrigger):
         self.call_id = call_id
         self.dialnexa_conn_id = dialnexa_conn_id
         self.poll_interval = float(poll_interval)
-        self.end_time = None if end_time is None else float(end_time)
+        self.end_time = None if end_time is None else epoch_seconds(end_time, "end_time")
         self.max_poll_interval = float(max(max_poll_interval, poll_interval))
         self.poll_growth = float(poll_growth)
         self.poll_jitter = float(poll_jitter)
         self.first_poll_delay = None if first_poll_delay is None else float(first_poll_delay)
         self.max_consecutive_failures = int(max_consecutive_failures)
-        if polling is not None and polling not in POLLING_MODES:
-            raise ValueError(f"polling must be one of {POLLING_MODES} or None, got {polling!r}")
-        self.polling = polling
+        self.polling = None if polling is None else polling_mode(polling, or_none=True)
         # Validate now, in the worker, so a bad policy fails the task instead of the trigger.
         self._policy = PollPolicy(self.poll_interval, self.max_poll_interval, self.poll_growth, self.poll_jitter)
 
@@ -140,11 +153,11 @@ class DialNexaCallTrigger(BaseTrigger):
         hook = DialNexaHook(self.dialnexa_conn_id)
         try:
             async with AsyncExitStack() as stack:
-                fetch: Callable[[str], Awaitable[dict[str, Any]]] = hook.aget_call
-                lead: Callable[[], float] = _no_lead
+                fetch: _Fetch = hook.aget_call
+                lead: Callable[[], float] = no_lead
                 polling = self.polling or (await hook.asettings()).polling
                 if polling == "batched":
-                    poller = stack.enter_context(batch_poller(self.dialnexa_conn_id))
+                    poller = await stack.enter_async_context(shared_poller(self.dialnexa_conn_id))
                     fetch = poller.fetch
                     lead = poller.lead  # the poller holds each read up to one window: ask that much earlier
                 event = await self._wait(fetch, lead)
@@ -152,62 +165,24 @@ class DialNexaCallTrigger(BaseTrigger):
             event = self._event(ERROR, kind=exc.kind, message=str(exc))
         except Exception as exc:  # a bug must still end the wait with a readable event, not a crash
             self.log.exception("DialNexa trigger for call %r failed unexpectedly", self.call_id)
-            event = self._event(ERROR, kind="error", message=f"{type(exc).__name__}: {exc}")
+            event = self._event(ERROR, kind="error", message=_unexpected(exc))
         yield event
 
-    async def _read(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
-        """The call's record, or None when ``end_time`` passed while the read was still in flight."""
-        try:
-            return await before_deadline(self.end_time, fetch(self.call_id))
-        except DeadlinePassed:
-            return None
-
-    async def _wait(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], lead: Callable[[], float]) -> TriggerEvent:
-        polls = failures = 0
-        delay = self._first_delay()
-        # The default first wait is already interval 0 of the schedule: the wait after poll n is then interval n.
-        skip = 1 if self.first_poll_delay is None else 0
+    async def _wait(self, fetch: _Fetch, lead: Callable[[], float]) -> TriggerEvent:
         last_status: str | None = None
         warned: set[str] = set()
-        while True:
-            if self.end_time is not None:
-                remaining = self.end_time - time.time()
-                if remaining <= 0:
-                    return self._event(
-                        TIMEOUT,
-                        message=f"DialNexa call {self.call_id!r} had not ended by the deadline "
-                        f"(last status: {last_status or 'unknown'})",
-                        last_status=last_status,
-                    )
-                delay = min(delay, remaining)
-            await asyncio.sleep(max(0.0, delay - lead()))
-            if self.end_time is not None and time.time() >= self.end_time:
-                continue  # report the timeout without a poll the deadline did not leave room for
-            try:
-                record = await self._read(fetch)
-                if record is None:
-                    continue  # the deadline passed during the read: report the timeout
-                raw = record.get("status")
-                if raw is None or raw == "":
-                    raise DialNexaMalformedResponseError(
-                        f"DialNexa call {self.call_id!r}: the record has no 'status'", call_id=self.call_id
-                    )
-            except DialNexaError as exc:
-                failures += 1
-                if exc.kind not in TRANSIENT_KINDS or failures > self.max_consecutive_failures:
-                    message = str(exc)
-                    if repr(self.call_id) not in message:  # e.g. a failed List Calls shared by many waits
-                        message = f"DialNexa call {self.call_id!r}: {message}"
-                    if exc.kind in TRANSIENT_KINDS:
-                        message += f" (gave up after {failures} consecutive failed polls)"
-                    return self._event(ERROR, kind=exc.kind, message=message)
-                self.log.warning("Poll %d of DialNexa call %r failed (%s); polling again", polls + 1, self.call_id, exc)
-                delay = self._policy.interval(polls)
-                continue
-            failures = 0
-            polls += 1
-            status = call_status.normalise(raw)
-            last_status = status
+
+        async def read() -> object:
+            raw = (await fetch(self.call_id)).get("status")
+            if raw is None or raw == "":
+                raise DialNexaMalformedResponseError(
+                    f"DialNexa call {self.call_id!r}: the record has no 'status'", call_id=self.call_id
+                )
+            return raw
+
+        def done(raw: object, polls: int) -> TriggerEvent | None:
+            nonlocal last_status
+            status = last_status = call_status.normalise(raw)
             phase = call_status.phase(status)
             if phase is call_status.Phase.TERMINAL:
                 return self._event(SUCCESS, status=status, raw_status=str(raw))
@@ -216,11 +191,34 @@ class DialNexaCallTrigger(BaseTrigger):
                 self.log.warning(
                     "DialNexa call %r has undocumented status %r; treating it as still running", self.call_id, raw
                 )
-            delay = self._policy.interval(polls - 1 + skip)
+            return None
 
+        def on_timeout() -> TriggerEvent:
+            return self._event(
+                TIMEOUT,
+                message=f"DialNexa call {self.call_id!r} had not ended by the deadline "
+                f"(last status: {last_status or 'unknown'})",
+                last_status=last_status,
+            )
 
-def _no_lead() -> float:
-    return 0.0
+        def on_error(exc: DialNexaError, failures: int) -> TriggerEvent:
+            message = str(exc)
+            if repr(self.call_id) not in message:  # e.g. a failed List Calls shared by many waits
+                message = f"DialNexa call {self.call_id!r}: {message}"
+            return self._event(ERROR, kind=exc.kind, message=message + gave_up(exc, failures))
+
+        loop: PollLoop[object] = PollLoop(
+            self._policy,
+            self.end_time,
+            self.max_consecutive_failures,
+            self._first_delay(),
+            # The default first wait is already interval 0 of the schedule: the wait after poll n is then interval n.
+            skip=1 if self.first_poll_delay is None else 0,
+            subject=f"DialNexa call {self.call_id!r}",
+            log=self.log,
+            lead=lead,
+        )
+        return await loop.run(read, done, on_timeout, on_error)
 
 
 def validate_event(event: Any, call_id: str | None = None) -> dict[str, Any]:
@@ -267,34 +265,39 @@ class DialNexaWindowTrigger(BaseTrigger):
     "message"}``. Each also carries ``window_start``, ``window_end``, ``end_time`` and ``mode``, so the task can
     resume or defer again under ``dag.test()`` too. Arguments are primitives; the trigger only reads.
 
-    :param window_start: ISO-8601 start of the window (inclusive).
-    :param window_end: ISO-8601 end of the window (exclusive).
+    :param window_start: Start of the window (inclusive): ISO-8601 string, or a datetime (naive = UTC), which is
+        stored as an ISO-8601 string.
+    :param window_end: End of the window (exclusive), likewise.
     :param filters: List Calls filters of the export (primitives or lists of them), without ``status``.
     :param running_statuses: Status values to ask for (default ``RUNNING_STATUS_FILTER``).
-    :param end_time: Wall-clock deadline, epoch seconds (``time.time()``); None waits forever.
+    :param end_time: Wall-clock deadline: epoch seconds (``time.time() + ...``), a datetime (naive = UTC) or an
+        ISO-8601 string; serialized as epoch seconds. None waits forever.
     """
 
     def __init__(
         self,
-        window_start: str,
-        window_end: str,
+        window_start: str | datetime,
+        window_end: str | datetime,
         dialnexa_conn_id: str = DialNexaHook.default_conn_name,
         filters: dict[str, Any] | None = None,
         running_statuses: list[str] | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        end_time: float | None = None,
+        end_time: float | datetime | str | None = None,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         mode: str = "status",
     ) -> None:
         super().__init__()
-        self.window_start = window_start
-        self.window_end = window_end
+        # Primitives only (serialize()): a datetime becomes the ISO-8601 form the export operator sends too.
+        self.window_start = (
+            iso_utc(as_utc(window_start, "window_start")) if isinstance(window_start, datetime) else window_start
+        )
+        self.window_end = iso_utc(as_utc(window_end, "window_end")) if isinstance(window_end, datetime) else window_end
         self.dialnexa_conn_id = dialnexa_conn_id
         self.filters = dict(filters or {})
         self.running_statuses = list(running_statuses or RUNNING_STATUS_FILTER)
         self.poll_interval = float(poll_interval)
-        self.end_time = None if end_time is None else float(end_time)
+        self.end_time = None if end_time is None else epoch_seconds(end_time, "end_time")
         self.max_poll_interval = float(max(max_poll_interval, poll_interval))
         self.max_consecutive_failures = int(max_consecutive_failures)
         if mode not in WINDOW_MODES:
@@ -345,7 +348,7 @@ class DialNexaWindowTrigger(BaseTrigger):
             event = self._event(ERROR, self.mode, kind=exc.kind, message=str(exc))
         except Exception as exc:  # a bug must still end the wait with a readable event
             self.log.exception("DialNexa window trigger failed unexpectedly")
-            event = self._event(ERROR, self.mode, kind="error", message=f"{type(exc).__name__}: {exc}")
+            event = self._event(ERROR, self.mode, kind="error", message=_unexpected(exc))
         yield event
 
     async def _probe(self, hook: DialNexaHook) -> str:
@@ -366,70 +369,101 @@ class DialNexaWindowTrigger(BaseTrigger):
         async with aclosing(records):
             return {str(r["id"]) async for r in records if not call_status.is_terminal(r.get("status"))}
 
-    async def _wait(self, hook: DialNexaHook, stack: AsyncExitStack) -> TriggerEvent:
-        mode, polls, failures = self.mode, 0, 0
-        pending: set[str] | None = None
-        fetch: Callable[[str], Awaitable[dict[str, Any]]] | None = None
-        delay = self._policy.interval(0)  # the task has just listed the window
-        while True:
-            if self.end_time is not None:
-                remaining = self.end_time - time.time()
-                if remaining <= 0:
-                    running = None if pending is None else len(pending)
-                    return self._event(
-                        TIMEOUT,
-                        mode,
-                        message=f"{self._subject}: "
-                        f"{'some' if running is None else running} still running at the deadline",
-                        running=running,
-                    )
-                delay = min(delay, remaining)
-            await asyncio.sleep(max(0.0, delay))
-            if self.end_time is not None and time.time() >= self.end_time:
-                continue
+    async def _still_running(self, fetch: _Fetch, ids: set[str]) -> set[str]:
+        """Which of ``ids`` still run: one read each, side by side (the poller batches them).
+
+        A call that no longer exists (404) has stopped running: the wait goes on for the others. Any other
+        failed read cancels the reads still in flight and waits for them before it is raised, so no read
+        outlives the poll (nor the trigger).
+        """
+        running: set[str] = set()
+
+        async def read(call_id: str) -> None:
             try:
-                if mode == "status":
-                    try:
-                        state = await before_deadline(self.end_time, self._probe(hook))
-                    except DialNexaBadRequestError as exc:
-                        state = "ignored"
-                        self.log.warning("DialNexa refused the running-status query (%s)", exc)
-                    if state == "ignored":
-                        self.log.warning(
-                            "%s: List Calls does not apply the status filter; polling the running calls by id",
-                            self._subject,
-                        )
-                        mode, delay = "per_call", 0.0
-                        continue
-                    if state == "ended":
-                        return self._event(SUCCESS, mode, polls=polls + 1)
-                else:
-                    if pending is None:
-                        pending = await before_deadline(self.end_time, self._running_ids(hook))
-                    if fetch is None:
-                        fetch = stack.enter_context(batch_poller(self.dialnexa_conn_id)).fetch
-                    ids = sorted(pending)
-                    records = await before_deadline(self.end_time, asyncio.gather(*(fetch(call_id) for call_id in ids)))
-                    pending = {
-                        i for i, r in zip(ids, records, strict=True) if not call_status.is_terminal(r.get("status"))
-                    }
-                    if not pending:
-                        return self._event(SUCCESS, mode, polls=polls + 1)
-            except DeadlinePassed:
-                continue  # the deadline passed during a read: report the timeout
-            except DialNexaError as exc:
-                failures += 1
-                if exc.kind not in TRANSIENT_KINDS or failures > self.max_consecutive_failures:
-                    message = f"{self._subject}: {exc}"
-                    if exc.kind in TRANSIENT_KINDS:
-                        message += f" (gave up after {failures} consecutive failed polls)"
-                    return self._event(ERROR, mode, kind=exc.kind, message=message)
-                self.log.warning("Poll %d of %s failed (%s); polling again", polls + 1, self._subject, exc)
-                delay = self._policy.interval(polls)
-                continue
-            failures = 0
-            polls += 1
-            delay = self._policy.interval(polls)  # the first wait was interval 0: after poll n comes interval n
+                record = await fetch(call_id)
+            except DialNexaNotFoundError:
+                self.log.warning("%s: call %r no longer exists (404); not waiting for it", self._subject, call_id)
+                return
+            if not call_status.is_terminal(record.get("status")):
+                running.add(call_id)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for call_id in sorted(ids):
+                    group.create_task(read(call_id), name="dialnexa-window-read")
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        return running
+
+    async def _wait(self, hook: DialNexaHook, stack: AsyncExitStack) -> TriggerEvent:
+        mode = self.mode
+        pending: set[str] | None = None  # per_call: the ids still running, once listed
+        fetch: _Fetch | None = None
+
+        async def read() -> bool:
+            """One poll: True once no call of the window runs."""
+            nonlocal mode, pending, fetch
+            if mode == "status":
+                try:
+                    state = await self._probe(hook)
+                except DialNexaBadRequestError as exc:
+                    state = "ignored"
+                    self.log.warning("DialNexa refused the running-status query (%s)", exc)
+                if state != "ignored":
+                    return state == "ended"
+                self.log.warning(
+                    "%s: List Calls does not apply the status filter; polling the running calls by id", self._subject
+                )
+                mode = "per_call"
+            if pending is None:
+                pending = await self._running_ids(hook)
+            if fetch is None:
+                fetch = (await stack.enter_async_context(shared_poller(self.dialnexa_conn_id))).fetch
+            pending = await self._still_running(fetch, pending)
+            return not pending
+
+        def done(ended: bool, polls: int) -> TriggerEvent | None:
+            return self._event(SUCCESS, mode, polls=polls) if ended else None
+
+        def on_timeout() -> TriggerEvent:
+            running = None if pending is None else len(pending)
+            return self._event(
+                TIMEOUT,
+                mode,
+                message=f"{self._subject}: {'some' if running is None else running} still running at the deadline",
+                running=running,
+            )
+
+        def on_error(exc: DialNexaError, failures: int) -> TriggerEvent:
+            return self._event(ERROR, mode, kind=exc.kind, message=f"{self._subject}: {exc}{gave_up(exc, failures)}")
+
+        loop: PollLoop[bool] = PollLoop(
+            self._policy,
+            self.end_time,
+            self.max_consecutive_failures,
+            first_delay=self._policy.interval(0),  # the task has just listed the window
+            skip=1,
+            subject=self._subject,
+            log=self.log,
+        )
+        return await loop.run(read, done, on_timeout, on_error)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a failed group of reads: the first DialNexa error in it, else its first error."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = list(error.exceptions)
+        else:
+            leaves.append(error)
+    return next((e for e in leaves if isinstance(e, DialNexaError)), leaves[0])
+
+
+def _iso(value: str | datetime) -> str:
+    return iso_utc(as_utc(value, "window bound")) if isinstance(value, datetime) else value
 
 
 def validate_window_event(event: Any) -> dict[str, Any]:
