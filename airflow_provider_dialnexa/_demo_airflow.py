@@ -88,13 +88,15 @@ class AirflowComponents:
     def start(self, *components: str) -> Self:
         """Start ``components`` (default: the web server, the scheduler and, on Airflow 3, the dag-processor).
 
-        ``"web"`` is the api-server (Airflow 3, every app, so provider plugins are mounted) or the webserver. It
-        starts first, and the others once it answers: tasks need its execution API from their first second.
+        ``"web"`` is the api-server (Airflow 3, every app, so provider plugins are mounted) or the webserver.
+        Other components start only once it answers (tasks need its execution API from their first second);
+        ``start("web")`` alone returns at once, so it can boot while the caller does something else.
         """
         names = list(components or ("web", "scheduler", *(("dag-processor",) if self.v3 else ())))
         if "web" in names:
             names.remove("web")
             self._spawn("web")
+        if names and "web" in self.procs:
             self.wait_until_up()
         for name in names:
             self._spawn(name)
@@ -137,7 +139,7 @@ class AirflowComponents:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        self.stop(timeout=10)  # throwaway components: a short grace, then SIGKILL
 
     def tails(self, lines: int = 20) -> str:
         parts = []

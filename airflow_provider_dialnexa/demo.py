@@ -183,20 +183,23 @@ def run_demo() -> None:
         step(f"airflow dags test {DAG_ID} -c '{conf}'")
         airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
         unpause_scheduled_dags(env, demo)
-        export_runs = run_export_demo(sim, env, demo)
-        # One running Airflow serves every asset-scheduled step: the check after the exports, the webhooks.
+        # One running Airflow serves every asset-scheduled step: the check after the exports, the webhooks. Its
+        # api-server boots while the exports run; the scheduler starts after them (no run competes with them).
         stack_env = {
             **env,
             "DIALNEXA_DEMO_DB": str(demo / "exported_calls.db"),  # the check records windows next to the rows
             "DIALNEXA_WEBHOOK_DB": str(demo / "webhook_outcomes.db"),
         }
-        stack_started = time.monotonic()
         with AirflowComponents(stack_env, demo) as stack:
-            stack.start("web", "scheduler")
-            step(f"Started Airflow at {stack.url}: api-server (webhook receiver, execution API) and scheduler")
+            stack.start("web")
+            export_runs = run_export_demo(sim, env, demo)
+            stack_started = time.monotonic()
+            stack.start("scheduler")
+            step(f"Airflow at {stack.url}: api-server (webhook receiver, execution API) and scheduler")
+            webhook = register_receiver(stack)  # while the scheduler starts the check's run
             checks = run_check_demo(stack)
-            webhooks = run_webhook_demo(sim, stack, demo)
-        step(f"Airflow stopped ({time.monotonic() - stack_started:.0f} s from its start, both steps included)")
+            webhooks = run_webhook_demo(sim, stack, webhook)
+        step(f"Airflow stopped ({time.monotonic() - stack_started:.0f} s after the exports, both steps included)")
         run_campaign_demo(sim, env, demo)
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
@@ -395,25 +398,31 @@ def _loaded(path: Path) -> dict[str, tuple[Any, ...]]:
     return {row[0]: row for row in rows}
 
 
-def run_webhook_demo(sim: SimulatorControls, airflow_: AirflowComponents, demo: Path) -> dict[str, Any]:
-    """Register the receiver, end calls, wait until their asset-triggered runs loaded them; the evidence.
+def register_receiver(stack: AirflowComponents) -> dict[str, Any]:
+    """Wait for the api-server and ``WEBHOOK_DAG_ID``, then ``ensure_webhook`` its receiver URL with the simulator."""
+    started = time.monotonic()
+    stack.wait_until_up()
+    stack.wait_until_parsed(WEBHOOK_DAG_ID)
+    stack.wait_until_unpaused(WEBHOOK_DAG_ID)
+    from airflow_provider_dialnexa.webhooks import webhook_path
 
-    ``airflow_`` runs (``WEBHOOK_DAG_ID`` unpaused); its ``DIALNEXA_WEBHOOK_DB`` is where the DAG loads.
+    url = stack.url + webhook_path("dialnexa_default")
+    webhook = register_webhook(stack.env, url)
+    step(
+        f"ensure_webhook registered {webhook['id']} for {url} (secret {webhook['secret']}) in "
+        f"{time.monotonic() - started:.0f} s; DialNexa's signed verification request was answered by the receiver"
+    )
+    return webhook
+
+
+def run_webhook_demo(sim: SimulatorControls, airflow_: AirflowComponents, webhook: dict[str, Any]) -> dict[str, Any]:
+    """End calls, wait until their asset-triggered runs loaded them, and collect the evidence.
+
+    ``airflow_`` runs with the receiver registered (``webhook``); its ``DIALNEXA_WEBHOOK_DB`` is where the DAG loads.
     """
-    from airflow_provider_dialnexa.webhooks import calls_asset_uri, webhook_path
+    from airflow_provider_dialnexa.webhooks import calls_asset_uri
 
     loaded_db = Path(airflow_.env["DIALNEXA_WEBHOOK_DB"])
-    started = time.monotonic()
-    airflow_.wait_until_up()
-    airflow_.wait_until_parsed(WEBHOOK_DAG_ID)
-    airflow_.wait_until_unpaused(WEBHOOK_DAG_ID)
-    step(f"Airflow is up and {WEBHOOK_DAG_ID} unpaused (waited {time.monotonic() - started:.0f} s more)")
-    url = airflow_.url + webhook_path("dialnexa_default")
-    webhook = register_webhook(airflow_.env, url)
-    step(
-        f"ensure_webhook registered {webhook['id']} for {url} (secret {webhook['secret']}); DialNexa's signed "
-        "verification ping was answered by the receiver"
-    )
     sim.configure_webhooks(duplicate_rate=0.5, reorder=True, retry_backoff_s=0.5)
     longest = max(_ends_in(spec) for spec in WEBHOOK_CALLS.values())
     step(
@@ -447,6 +456,7 @@ def run_webhook_demo(sim: SimulatorControls, airflow_: AirflowComponents, demo: 
     )
     status_requests = [e for call_id in WEBHOOK_CALLS for e in sim.requests(call_id=call_id)]
     return {
+        "webhook": webhook["id"],
         "deliveries": [d for d in deliveries if d.call_id in WEBHOOK_CALLS],
         "events": [json.loads(extra) if isinstance(extra, str | bytes) else extra for _, extra in events],
         "runs": [(run_id, state, consumed.get(run_id, 0)) for run_id, _, state in runs],
@@ -464,7 +474,10 @@ def _ends_in(spec: dict[str, Any]) -> float:
 def report_webhooks(result: dict[str, Any]) -> None:
     """Print deliveries, asset events, runs and rows; raise ``DemoError`` unless each call loaded exactly once."""
     deliveries = result["deliveries"]
-    print(f"\nEvent-driven ({WEBHOOK_DAG_ID}): the simulator's deliveries to the receiver, in order sent:")
+    print(
+        f"\nEvent-driven ({WEBHOOK_DAG_ID}): the simulator's deliveries to the receiver (webhook "
+        f"{result['webhook']}), in order sent:"
+    )
     print(
         table(
             [
