@@ -58,6 +58,8 @@ from airflow_provider_dialnexa.exceptions import (
     scrub,
 )
 from airflow_provider_dialnexa.hooks._batch import BatchCallsMixin
+from airflow_provider_dialnexa.hooks._webhooks import DEFAULT_WEBHOOK_EVENTS as DEFAULT_WEBHOOK_EVENTS
+from airflow_provider_dialnexa.hooks._webhooks import WebhookMixin
 from airflow_provider_dialnexa.policy import (
     CONNECT_TIMEOUT,
     RateBudget,
@@ -169,13 +171,14 @@ async def close_async_clients() -> None:
         await state.closer.aclose()
 
 
-class DialNexaHook(BatchCallsMixin, BaseHook):
+class DialNexaHook(BatchCallsMixin, WebhookMixin, BaseHook):
     """Talk to DialNexa through an Airflow connection of type ``dialnexa``.
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
     base URL (empty = ``https://api.dialnexa.com``). Extras: ``timeout`` (read timeout, s),
     ``max_retries``, ``rate_limit_per_minute`` (0 = no budget), ``polling`` (``batched``/``per_call``) and
-    ``webhook_secret``/``webhook_secret_previous`` (the webhook receiver's signing secrets, docs/webhooks.md).
+    ``webhook_secret``/``webhook_secret_previous`` (the webhook receiver's signing secrets, docs/webhooks.md;
+    ``ensure_webhook`` registers the receiver with DialNexa, see ``_webhooks.py``).
 
     Creating the hook does no I/O: the connection is read on first use, synchronously in ``get_call``
     and without blocking the event loop in ``aget_call``.
