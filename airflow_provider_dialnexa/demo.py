@@ -5,28 +5,34 @@ builds a fresh ``.demo/airflow_home`` (SQLite, the repo's ``dags/``, the connect
 ``airflow db migrate`` and ``airflow dags test dialnexa_call_outcomes`` with those call ids, then prints
 what reached XCom and the rows loaded into SQLite. Then it seeds three past hours of calls (the first of each
 hour exactly on the hour edge) and runs ``dialnexa_call_export`` once per hour, printing each interval's
-count and checking every call was loaded exactly once. Before those exports it unpauses
-``dialnexa_call_export_check``, the DAG scheduled on the export's asset alias, and after them it runs a scheduler
-until that DAG has run on every exported file. The simulator is stopped whatever happens; the exit code is
-non-zero when anything failed. Airflow's own output goes to ``.demo/*.log``.
+count and checking every call was loaded exactly once.
+
+Then a real Airflow runs (api-server with the provider's webhook receiver and the execution API, and a
+scheduler; ``AirflowComponents``) for the asset-scheduled DAGs, unpaused beforehand (all others stay
+paused): ``dialnexa_call_export_check``, scheduled on the export's asset alias, runs until it has checked
+every exported file; then the event-driven path: ``ensure_webhook`` registers the receiver with the
+simulator, six calls end, the simulator posts signed deliveries (some twice, ``call_initiated`` after
+``call_ended``), the receiver records one asset event per call and ``dialnexa_webhook_outcomes`` loads each
+call once, without a request to DialNexa. Last, the campaign DAG runs once with ``dags test``.
+
+The simulator and Airflow are stopped whatever happens; the exit code is non-zero when anything failed.
+Airflow's own output goes to ``.demo/*.log``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_dialnexa._demo_airflow import AirflowComponents, DemoError
 from airflow_provider_dialnexa.simulator import SimulatorControls, SimulatorProcess
 
 DAG_ID = "dialnexa_call_outcomes"
@@ -42,8 +48,7 @@ CALLS: dict[str, dict[str, Any]] = {
 ROW_COLUMNS = ("call_id", "status", "end_reason", "duration_seconds", "sentiment", "transcript_chars", "summary")
 
 
-class DemoError(Exception):
-    """A step of the demo failed; the message says which and where its log is."""
+__all__ = ["DemoError", "main", "run_demo"]
 
 
 def step(message: str) -> None:
@@ -151,7 +156,12 @@ def run_demo() -> None:
     step("Starting the DialNexa simulator (child process, ephemeral port)")
     with SimulatorProcess(api_key=DEMO_KEY, seed=7) as sim:
         step(f"Simulator listening at {sim.url}")
-        connection = {"conn_type": "dialnexa", "host": sim.url, "password": DEMO_KEY}
+        connection = {
+            "conn_type": "dialnexa",
+            "host": sim.url,
+            "password": DEMO_KEY,
+            "extra": {"webhook_secret": DEMO_WEBHOOK_SECRET},
+        }
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
@@ -172,15 +182,31 @@ def run_demo() -> None:
         conf = json.dumps({"call_ids": list(CALLS), "sqlite_path": str(outcomes_db)})
         step(f"airflow dags test {DAG_ID} -c '{conf}'")
         airflow(["dags", "test", DAG_ID, "-c", conf], env, demo / "dags_test.log", timeout=600)
-        unpause_check_dag(env, demo)
-        export_runs = run_export_demo(sim, env, demo)
-        checks = run_check_demo(env, demo)
+        unpause_scheduled_dags(env, demo)
+        # One running Airflow serves every asset-scheduled step: the check after the exports, the webhooks. Its
+        # api-server boots while the exports run; the scheduler starts after them (no run competes with them).
+        stack_env = {
+            **env,
+            "DIALNEXA_DEMO_DB": str(demo / "exported_calls.db"),  # the check records windows next to the rows
+            "DIALNEXA_WEBHOOK_DB": str(demo / "webhook_outcomes.db"),
+        }
+        with AirflowComponents(stack_env, demo) as stack:
+            stack.start("web")
+            export_runs = run_export_demo(sim, env, demo)
+            stack_started = time.monotonic()
+            stack.start("scheduler")
+            step(f"Airflow at {stack.url}: api-server (webhook receiver, execution API) and scheduler")
+            webhook = register_receiver(stack)  # while the scheduler starts the check's run
+            checks = run_check_demo(stack)
+            webhooks = run_webhook_demo(sim, stack, webhook)
+        step(f"Airflow stopped ({time.monotonic() - stack_started:.0f} s after the exports, both steps included)")
         run_campaign_demo(sim, env, demo)
         step(f"The simulator answered {sim.stats()['requests']} API requests")
     step("Simulator stopped")
     report(home / "airflow.db", outcomes_db)
     report_exports(home / "airflow.db", demo / "exported_calls.db", export_runs)
     report_checks(checks)
+    report_webhooks(webhooks)
 
 
 # -- the scheduled export (dags/dialnexa_call_export.py) ----------------------------------------------
@@ -252,92 +278,50 @@ def report_exports(metadata_db: Path, export_db: Path, expected: dict[str, int])
 CHECK_DAG_ID = "dialnexa_call_export_check"
 
 
-def unpause_check_dag(env: dict[str, str], demo: Path) -> None:
-    """Write the DAGs to the metadata DB and unpause the check DAG: only then does an export's asset event queue
-    a run of it (every other DAG stays paused, so a scheduler starts nothing else)."""
+def unpause_scheduled_dags(env: dict[str, str], demo: Path) -> None:
+    """Write the DAGs to the metadata DB and unpause the asset-scheduled ones: only then does an export's asset
+    event (or a webhook's) queue a run (every other DAG stays paused, so a scheduler starts nothing else)."""
     airflow(["dags", "reserialize"], env, demo / "reserialize.log", timeout=300)
-    airflow(["dags", "unpause", CHECK_DAG_ID], env, demo / "unpause.log", timeout=120)
+    pattern = f"^({CHECK_DAG_ID}|{WEBHOOK_DAG_ID})$"
+    airflow(["dags", "unpause", "--treat-dag-id-as-regex", "-y", pattern], env, demo / "unpause.log", timeout=120)
 
 
-def run_check_demo(env: dict[str, str], demo: Path, timeout: float = 300) -> list[tuple[str, str, str, str]]:
-    """Run a scheduler until the check DAG has succeeded on every file the exports wrote.
+def run_check_demo(stack: AirflowComponents, timeout: float = 300) -> list[tuple[str, str, str, str]]:
+    """Wait until the check DAG has succeeded on every file the exports wrote.
 
     The exports ran with ``dags test``, which records their asset events (queuing the check DAG) but schedules
-    nothing; a scheduler turns the queue into an asset-triggered run. Returns ``(run id, run type, state,
-    files checked)`` per run of the check DAG.
+    nothing; the running scheduler turns the queue into an asset-triggered run. Returns ``(run id, run type,
+    state, files checked)`` per run of the check DAG.
     """
-    port = _free_port()
-    env = {
-        **env,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "demo-jwt-secret-0123456789abcdef0123",
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",  # asset-triggered runs are part of the scheduling
-        "DIALNEXA_DEMO_DB": str(demo / "exported_calls.db"),  # the check records windows next to the loaded rows
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-    metadata_db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
-    step(f"Starting a scheduler until {CHECK_DAG_ID} (scheduled on the export's asset alias) has run")
-    with contextlib.ExitStack() as running:
-        for component in (["api-server", "--apps", "execution", "--port", str(port)], ["scheduler"]):
-            running.enter_context(_component(component, env, demo / f"{component[0]}.log"))
-        deadline = time.monotonic() + timeout
-        while True:
-            with sqlite3.connect(metadata_db, timeout=30) as db:
-                written = {
-                    json.loads(v)["path"]
-                    for (v,) in db.execute(
-                        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'export_calls' AND key = 'return_value'",
-                        (EXPORT_DAG_ID,),
-                    )
-                }
-                runs = db.execute(
-                    "SELECT r.run_id, r.run_type, r.state, x.value FROM dag_run r LEFT JOIN xcom x ON x.dag_id = "
-                    "r.dag_id AND x.run_id = r.run_id AND x.key = 'return_value' WHERE r.dag_id = ? ORDER BY r.id",
-                    (CHECK_DAG_ID,),
-                ).fetchall()
-            checked = [(run_id, kind, state, json.loads(v) if v else []) for run_id, kind, state, v in runs]
-            if any(state == "failed" for _, _, state, _ in checked):
-                raise DemoError(f"{CHECK_DAG_ID} failed; see .demo/scheduler.log")
-            done = {item["path"] for _, _, state, items in checked if state == "success" for item in items}
-            if written and written <= done:
-                return [(r, k, s, ", ".join(Path(i["path"]).name for i in items)) for r, k, s, items in checked]
-            if time.monotonic() > deadline:
-                raise DemoError(f"{CHECK_DAG_ID} did not check every export within {timeout:.0f} s; see .demo/*.log")
-            time.sleep(1)
+    step(f"Waiting for {CHECK_DAG_ID} (scheduled on the export's asset alias) to check every exported file")
+
+    def probe() -> list[tuple[str, str, str, str]] | None:
+        written = {
+            json.loads(v)["path"]
+            for (v,) in stack.query(
+                "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'export_calls' AND key = 'return_value'",
+                EXPORT_DAG_ID,
+            )
+        }
+        runs = stack.query(
+            "SELECT r.run_id, r.run_type, r.state, x.value FROM dag_run r LEFT JOIN xcom x ON x.dag_id = "
+            "r.dag_id AND x.run_id = r.run_id AND x.key = 'return_value' WHERE r.dag_id = ? ORDER BY r.id",
+            CHECK_DAG_ID,
+        )
+        checked = [(run_id, kind, state, json.loads(v) if v else []) for run_id, kind, state, v in runs]
+        if any(state == "failed" for _, _, state, _ in checked):
+            raise DemoError(f"{CHECK_DAG_ID} failed; see .demo/scheduler.log")
+        done = {item["path"] for _, _, state, items in checked if state == "success" for item in items}
+        if not written or not written <= done:
+            return None
+        return [(r, k, s, ", ".join(Path(i["path"]).name for i in items)) for r, k, s, items in checked]
+
+    return stack.wait_for(f"{CHECK_DAG_ID} to check every export", probe, timeout, every=1.0)
 
 
 def report_checks(checks: list[tuple[str, str, str, str]]) -> None:
     print(f"\nAfter the exports ({CHECK_DAG_ID}, scheduled on export_alias('{EXPORT_DAG_ID}', 'export_calls')):")
     print(table(checks, ("run_id", "run_type", "state", "files checked"), 90))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _component(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
-    """``airflow <args>`` in its own process group for the block's duration, then stopped with its children."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-                break
 
 
 # -- the campaign (dags/dialnexa_campaign.py) ------------------------------------------------------------
@@ -374,6 +358,162 @@ def run_campaign_demo(sim: SimulatorControls, env: dict[str, str], demo: Path) -
     print(table(rows, ("lead_id", "status (last attempt)", "attempts", "call_id")))
     if len(batches) != 1 or len(rows) != batches[0]["total_lead_count"]:
         raise DemoError(f"expected one batch and one outcome per lead, got {len(batches)} batches, {len(rows)} rows")
+
+
+# -- the event-driven path (webhooks -> asset events -> dags/dialnexa_webhook_outcomes.py) --------------
+
+WEBHOOK_DAG_ID = "dialnexa_webhook_outcomes"
+DEMO_WEBHOOK_SECRET = "demo_whsec_7f3a9c1e5b2d4680"  # noqa: S105 - the demo's throwaway secret
+#: Calls that end a few seconds after they are created, each with its own outcome.
+WEBHOOK_CALLS: dict[str, dict[str, Any]] = {
+    "call_wh_completed": {"outcome": "completed", "ring_s": 2, "talk_s": 6},
+    "call_wh_voicemail": {"outcome": "voicemail", "ring_s": 3, "talk_s": 4},
+    "call_wh_busy": {"outcome": "busy", "ring_s": 2, "talk_s": 0},
+    "call_wh_no_answer": {"outcome": "no_answer", "ring_s": 8, "talk_s": 0},
+    "call_wh_failed": {"outcome": "failed", "ring_s": 1, "talk_s": 0},
+    "call_wh_completed_2": {"outcome": "completed", "ring_s": 4, "talk_s": 9},
+}
+WEBHOOK_COLUMNS = ("call_id", "status", "end_reason", "duration_seconds", "loaded_by_run")
+
+
+def register_webhook(env: dict[str, str], url: str) -> dict[str, Any]:
+    """``DialNexaHook().ensure_webhook(url)`` in this process, with the demo's Airflow settings."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AIRFLOW")})  # before Airflow is imported
+    from airflow_provider_dialnexa.hooks.dialnexa import DEFAULT_WEBHOOK_EVENTS, DialNexaHook
+
+    # call_initiated too, only to show the receiver ignoring it when it arrives after call_ended.
+    return DialNexaHook().ensure_webhook(url, [*DEFAULT_WEBHOOK_EVENTS, "call_initiated"])
+
+
+def _loaded(path: Path) -> dict[str, tuple[Any, ...]]:
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        rows = db.execute(f"SELECT {', '.join(WEBHOOK_COLUMNS)} FROM call_outcomes ORDER BY call_id").fetchall()  # noqa: S608
+    except sqlite3.OperationalError:  # the table comes with the first run
+        return {}
+    finally:
+        db.close()
+    return {row[0]: row for row in rows}
+
+
+def register_receiver(stack: AirflowComponents) -> dict[str, Any]:
+    """Wait for the api-server and ``WEBHOOK_DAG_ID``, then ``ensure_webhook`` its receiver URL with the simulator."""
+    started = time.monotonic()
+    stack.wait_until_up()
+    stack.wait_until_parsed(WEBHOOK_DAG_ID)
+    stack.wait_until_unpaused(WEBHOOK_DAG_ID)
+    from airflow_provider_dialnexa.webhooks import webhook_path
+
+    url = stack.url + webhook_path("dialnexa_default")
+    webhook = register_webhook(stack.env, url)
+    step(
+        f"ensure_webhook registered {webhook['id']} for {url} (secret {webhook['secret']}) in "
+        f"{time.monotonic() - started:.0f} s; DialNexa's signed verification request was answered by the receiver"
+    )
+    return webhook
+
+
+def run_webhook_demo(sim: SimulatorControls, airflow_: AirflowComponents, webhook: dict[str, Any]) -> dict[str, Any]:
+    """End calls, wait until their asset-triggered runs loaded them, and collect the evidence.
+
+    ``airflow_`` runs with the receiver registered (``webhook``); its ``DIALNEXA_WEBHOOK_DB`` is where the DAG loads.
+    """
+    from airflow_provider_dialnexa.webhooks import calls_asset_uri
+
+    loaded_db = Path(airflow_.env["DIALNEXA_WEBHOOK_DB"])
+    sim.configure_webhooks(duplicate_rate=0.5, reorder=True, retry_backoff_s=0.5)
+    longest = max(_ends_in(spec) for spec in WEBHOOK_CALLS.values())
+    step(
+        f"Creating {len(WEBHOOK_CALLS)} calls that end within {longest:.0f} s; the simulator sends half of its "
+        "deliveries twice and call_initiated after call_ended"
+    )
+    ended_at = time.monotonic()
+    for call_id, spec in WEBHOOK_CALLS.items():
+        sim.create_call(call_id=call_id, queued_s=0, **spec)
+    runs = airflow_.wait_for_runs(
+        WEBHOOK_DAG_ID,
+        lambda: set(_loaded(loaded_db)) >= set(WEBHOOK_CALLS),
+        timeout=240,
+        what=f"{WEBHOOK_DAG_ID} to load every call",
+    )
+    waited = time.monotonic() - ended_at
+    deliveries = sim.wait_for_deliveries()
+    uri = calls_asset_uri("dialnexa_default")
+    asset = "asset" if airflow_.v3 else "dataset"  # Airflow 2.11 names them datasets
+    events = airflow_.query(
+        f"SELECT e.id, e.extra FROM {asset}_event e JOIN {asset} a ON a.id = e.{asset}_id "  # noqa: S608
+        "WHERE a.uri = ? ORDER BY e.id",
+        uri,
+    )
+    consumed = dict(
+        airflow_.query(
+            f"SELECT r.run_id, COUNT(c.event_id) FROM dag_run r LEFT JOIN dagrun_{asset}_event c "  # noqa: S608
+            "ON c.dag_run_id = r.id WHERE r.dag_id = ? GROUP BY r.id",
+            WEBHOOK_DAG_ID,
+        )
+    )
+    status_requests = [e for call_id in WEBHOOK_CALLS for e in sim.requests(call_id=call_id)]
+    return {
+        "webhook": webhook["id"],
+        "deliveries": [d for d in deliveries if d.call_id in WEBHOOK_CALLS],
+        "events": [json.loads(extra) if isinstance(extra, str | bytes) else extra for _, extra in events],
+        "runs": [(run_id, state, consumed.get(run_id, 0)) for run_id, _, state in runs],
+        "rows": _loaded(loaded_db),
+        "status_requests": len(status_requests),
+        "waited": waited,
+        "loaded_db": loaded_db,
+    }
+
+
+def _ends_in(spec: dict[str, Any]) -> float:
+    return float(spec.get("ring_s", 0)) + float(spec.get("talk_s", 0))
+
+
+def report_webhooks(result: dict[str, Any]) -> None:
+    """Print deliveries, asset events, runs and rows; raise ``DemoError`` unless each call loaded exactly once."""
+    deliveries = result["deliveries"]
+    print(
+        f"\nEvent-driven ({WEBHOOK_DAG_ID}): the simulator's deliveries to the receiver (webhook "
+        f"{result['webhook']}), in order sent:"
+    )
+    print(
+        table(
+            [
+                (d.call_id, d.event, d.attempt, d.response_status or d.error_message, "yes" if d.duplicate else "")
+                for d in deliveries
+            ],
+            ("call_id", "event", "attempt", "answer", "duplicate"),
+        )
+    )
+    per_call: dict[str, int] = {}
+    for extra in result["events"]:
+        per_call[extra.get("call_id")] = per_call.get(extra.get("call_id"), 0) + 1
+    once = sorted(per_call.values()) == [1] * len(per_call)
+    print(
+        f"{len(deliveries)} deliveries ({sum(d.duplicate for d in deliveries)} duplicates) -> {len(result['events'])} "
+        f"asset events on dialnexa://dialnexa_default/calls (one per call: {once})"
+    )
+    print("\nAsset-triggered runs (events consumed by each):")
+    print(table(result["runs"], ("run_id", "state", "events"), 60))
+    rows = result["rows"]
+    print(
+        f"\nRows in {result['loaded_db']} (table call_outcomes), loaded {result['waited']:.0f} s after the calls began:"
+    )
+    print(table(list(rows.values()), WEBHOOK_COLUMNS, 60))
+    print(f"Status requests to DialNexa for these calls: {result['status_requests']}")
+    problems = []
+    if set(rows) != set(WEBHOOK_CALLS):
+        problems.append(f"rows {sorted(rows)} instead of {sorted(WEBHOOK_CALLS)}")
+    if per_call != dict.fromkeys(WEBHOOK_CALLS, 1):
+        problems.append(f"asset events per call {per_call}")
+    if any(state != "success" for _, state, _ in result["runs"]):
+        problems.append(f"runs {result['runs']}")
+    if result["status_requests"]:
+        problems.append(f"{result['status_requests']} status requests")
+    if problems:
+        raise DemoError("the event-driven path did not load each call exactly once: " + "; ".join(problems))
 
 
 def main() -> int:

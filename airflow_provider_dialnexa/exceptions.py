@@ -165,6 +165,18 @@ class DialNexaUnconfirmedCallError(DialNexaServerError):
     )
 
 
+class DialNexaUnconfirmedWebhookError(DialNexaServerError):
+    """A Create Webhook whose outcome is unknown: DialNexa may have registered it, and no listing could tell.
+
+    Retryable: ``ensure_webhook`` lists the webhooks before it creates one, so a retry never adds a second.
+    """
+
+    hint = (
+        "Run ensure_webhook again (a task retry does): it lists the webhooks and creates one only if none has "
+        "this URL; do not create it by hand without checking List Webhooks first."
+    )
+
+
 #: Event ``kind`` -> exception class, for turning trigger events back into typed errors.
 ERROR_KINDS: dict[str, type[DialNexaError]] = {
     cls.kind: cls

@@ -49,6 +49,8 @@ from airflow_provider_dialnexa.hooks._clients import _LoopClient as _LoopClient
 from airflow_provider_dialnexa.hooks._clients import _LoopState as _LoopState
 from airflow_provider_dialnexa.hooks._clients import close_async_clients as close_async_clients
 from airflow_provider_dialnexa.hooks._transport import DialNexaTransport
+from airflow_provider_dialnexa.hooks._webhooks import DEFAULT_WEBHOOK_EVENTS as DEFAULT_WEBHOOK_EVENTS
+from airflow_provider_dialnexa.hooks._webhooks import WebhookMixin
 from airflow_provider_dialnexa.policy import CONNECTION_TTL as CONNECTION_TTL  # public here too
 from airflow_provider_dialnexa.policy import RetryPolicy
 from airflow_provider_dialnexa.records import mask_phone_number
@@ -60,13 +62,14 @@ _hide_number = hide_number
 MAX_LIST_LIMIT = 200
 
 
-class DialNexaHook(BatchCallsMixin, DialNexaTransport):
+class DialNexaHook(BatchCallsMixin, WebhookMixin, DialNexaTransport):
     """Talk to DialNexa through an Airflow connection of type ``dialnexa``.
 
     The connection's password is the API key (``<key_id>:<secret>``, sent as ``Bearer``), its host the
     base URL (empty = ``https://api.dialnexa.com``). Extras: ``timeout`` (read timeout, s),
     ``max_retries``, ``rate_limit_per_minute`` (0 = no budget), ``polling`` (``batched``/``per_call``) and
-    ``webhook_secret``/``webhook_secret_previous`` (the webhook receiver's signing secrets, docs/webhooks.md).
+    ``webhook_secret``/``webhook_secret_previous`` (the webhook receiver's signing secrets, docs/webhooks.md;
+    ``ensure_webhook`` registers the receiver with DialNexa, see ``_webhooks.py``).
 
     Creating the hook does no I/O: the connection is read on first use, synchronously in ``get_call``
     and without blocking the event loop in ``aget_call``.

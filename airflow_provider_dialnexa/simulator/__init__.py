@@ -1,8 +1,9 @@
 """An embedded DialNexa API simulator: a real HTTP server on loopback for the demo, the tests and the benchmarks.
 
 It serves ``GET /v1/calls/{id}``, ``GET /v1/calls`` and ``POST /v1/calls`` the way DialNexa documents them
-(in all their documented spellings), walks each call through a seeded lifecycle computed from the clock,
-injects faults on demand and counts every request. ``/_sim/...`` is its control API.
+(in all their documented spellings) and ``/v1/user-webhooks`` with signed deliveries (``webhooks.py``),
+walks each call through a seeded lifecycle computed from the clock, injects faults on demand and counts
+every request. ``/_sim/...`` is its control API.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from airflow_provider_dialnexa.simulator.state import (
     SimConfig,
     SimState,
 )
+from airflow_provider_dialnexa.simulator.webhooks import Delivery, WebhookConfig, sign
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -29,6 +31,7 @@ __all__ = [
     "OUTCOMES",
     "CallPlan",
     "CallSpec",
+    "Delivery",
     "Fault",
     "LogEntry",
     "SimConfig",
@@ -38,4 +41,6 @@ __all__ = [
     "SimulatorControls",
     "SimulatorError",
     "SimulatorProcess",
+    "WebhookConfig",
+    "sign",
 ]

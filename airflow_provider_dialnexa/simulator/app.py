@@ -27,6 +27,7 @@ from airflow_provider_dialnexa.simulator.state import (
     is_status_fault,
     split_csv,
 )
+from airflow_provider_dialnexa.simulator.webhooks import ApiRefusal
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -147,6 +148,12 @@ def _resolve(method: str, scope: Scope) -> tuple[str, str | None]:
             return {"GET": "list", "POST": "create"}.get(method, "other"), None
         if len(parts) == 4 and method == "GET":
             return "get", unquote(parts[3])
+    if parts[1:3] == ["v1", "user-webhooks"]:  # simulator/webhooks.py
+        if len(parts) == 3:
+            return {"GET": "webhook_list", "POST": "webhook_create"}.get(method, "other"), None
+        if len(parts) == 4 and parts[3]:
+            route = {"GET": "webhook_get", "PATCH": "webhook_update", "DELETE": "webhook_delete"}.get(method, "other")
+            return route, unquote(parts[3])
     if parts[1:3] == ["v1", "batch-calls"]:  # simulator/batches.py
         if len(parts) == 3:
             return {"GET": "batch_list", "POST": "batch_create"}.get(method, "other"), None
@@ -237,6 +244,8 @@ def control(state: SimState, method: str, path: str, query: Mapping[str, Sequenc
                 return 200, state.calls_by_metadata(_first(query, "key") or "airflow_correlation_id")
             case "GET", ["requests"]:
                 return 200, {"requests": state.requests(_first(query, "call_id"), _first(query, "route"))}
+            case _, ["webhooks", *rest]:
+                return state.webhooks.control(method, rest, query, body)  # type: ignore[no-any-return]
             case "POST", ["reset"]:
                 state.reset(body.get("seed"))
                 return 200, {"ok": True}
@@ -271,7 +280,7 @@ class SimulatorApp:
         state, now, method = self.state, time.time(), scope["method"]
         route, call_id = _resolve(method, scope)
         batches.tick(state)
-        paged = route in ("list", "batch_list", "batch_get")
+        paged = route in ("list", "batch_list", "batch_get", "webhook_list")
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if paged else {}
         call_ids = (call_id,) if call_id is not None else tuple(split_csv(query.get("call_id")))
         reply, reset = await self._answer(route, method, scope, call_ids, query, body, now)
@@ -328,9 +337,12 @@ class SimulatorApp:
             elif route.startswith("batch_"):
                 ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
                 status, payload = batch_api.api(state, route, call_ids[0] if call_ids else None, query, body, ctype)
-            else:
+            elif route == "create":
                 status, payload = 201, state.api_create(_parse_json(body), now)
-        except ApiError as exc:
+            else:
+                parsed = _parse_json(body) if route in ("webhook_create", "webhook_update") else None
+                status, payload = await state.webhooks.api(route, call_ids[0] if call_ids else None, query, parsed)
+        except (ApiError, ApiRefusal) as exc:
             return _error(exc.status, exc.message), False
         if fault is not None:
             mangled = _mangle(fault.kind, route, status, payload)

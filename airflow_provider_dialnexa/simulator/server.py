@@ -24,6 +24,7 @@ import httpx
 
 from airflow_provider_dialnexa.simulator.app import SimulatorApp, control, install_log_filter
 from airflow_provider_dialnexa.simulator.state import DEFAULT_API_KEY, CallPlan, CallSpec, Fault, LogEntry, SimState
+from airflow_provider_dialnexa.simulator.webhooks import Delivery
 
 if TYPE_CHECKING:
     import uvicorn
@@ -196,6 +197,34 @@ class SimulatorControls:
         """Forget calls, faults, counters and log and restore the config (see :meth:`SimState.reset`)."""
         self._control("POST", "/_sim/reset", {"seed": seed})
 
+    # -- webhooks (simulator/webhooks.py) --------------------------------------------------------------
+
+    def configure_webhooks(self, **changes: Any) -> dict[str, Any]:
+        """Change :class:`WebhookConfig` fields (``signature_header``, ``event_style``, ``retry_count``, faults...)."""
+        return dict(self._control("POST", "/_sim/webhooks/config", changes))
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The registered webhooks as List Webhooks shows them (secrets masked)."""
+        return list(self._control("GET", "/_sim/webhooks")["webhooks"])
+
+    def deliveries(self, call_id: str | None = None, event: str | None = None) -> list[Delivery]:
+        """The delivery log (one entry per HTTP attempt, verification pings included), optionally filtered."""
+        query = {k: v for k, v in (("call_id", call_id), ("event", event)) if v is not None}
+        rows = self._control("GET", "/_sim/webhooks/deliveries", query=query)["deliveries"]
+        return [Delivery(**row) for row in rows]
+
+    def wait_for_deliveries(self, timeout: float = 60.0) -> list[Delivery]:
+        """Wait until no delivery is due or in flight (retries included); returns the log. ``TimeoutError`` if not.
+
+        Calls still ringing or talking do not count: their events are not due yet.
+        """
+        deadline = time.monotonic() + timeout
+        while self._control("GET", "/_sim/webhooks/deliveries", query={"event": "-"})["pending"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"webhook deliveries still pending after {timeout:.0f} s")
+            time.sleep(0.05)
+        return self.deliveries()
+
     # -- batch calls (simulator/batches.py) ---------------------------------------------------------
 
     def configure_batches(self, **changes: Any) -> dict[str, Any]:
@@ -267,6 +296,7 @@ class Simulator(SimulatorControls):
         if self._thread.is_alive():  # pragma: no cover - only if a handler hangs past the graceful timeout
             self._server.force_exit = True
             self._thread.join(timeout)
+        self.state.webhooks.close()
         self._server = self._thread = self._url = None
 
     def _control(
@@ -281,6 +311,11 @@ class Simulator(SimulatorControls):
 
     def get_count(self, call_id: str) -> int:
         return self.state.get_count(call_id)
+
+    def wait_for_deliveries(self, timeout: float = 60.0) -> list[Delivery]:
+        if not self.state.webhooks.wait_idle(timeout):
+            raise TimeoutError(f"webhook deliveries still pending after {timeout:.0f} s")
+        return self.state.webhooks.deliveries()
 
 
 class SimulatorProcess(SimulatorControls):

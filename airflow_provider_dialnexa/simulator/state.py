@@ -22,10 +22,25 @@ from typing import Any, Literal, NamedTuple, TypedDict, Unpack, get_args
 
 from airflow_provider_dialnexa.simulator import quirks
 from airflow_provider_dialnexa.simulator.ratelimit import KeyLimiter, RateState, ResetStyle, WindowKind
+from airflow_provider_dialnexa.simulator.webhooks import CallView, WebhookHub
 from airflow_provider_dialnexa.status import TERMINAL, normalise
 
 Spelling = Literal["camel", "snake"]
-FaultRoute = Literal["get", "list", "create", "any", "batch_create", "batch_list", "batch_get", "batch_status"]
+FaultRoute = Literal[
+    "get",
+    "list",
+    "create",
+    "any",
+    "batch_create",
+    "batch_list",
+    "batch_get",
+    "batch_status",
+    "webhook_list",
+    "webhook_create",
+    "webhook_get",
+    "webhook_update",
+    "webhook_delete",
+]
 FaultKind = Literal[
     "429",
     "500",
@@ -431,6 +446,8 @@ class SimState:
         self._api_key = api_key
         self._seed = seed
         self._resets = 0
+        #: Registered webhooks and their deliveries (``simulator/webhooks.py``).
+        self.webhooks = WebhookHub(self.webhook_view, self._schedule_existing, seed)
         self._reset_locked(seed)
         # Creation-time index of the calls, (created_at, seq, id), caught up lazily by List Calls.
         self._order: list[tuple[float, int, str]] = []  # foreign calls never list, so they are left out
@@ -446,6 +463,7 @@ class SimState:
         with self._lock:
             self._resets += 1
             self._reset_locked(f"{self._seed}/{self._resets}" if seed is None else seed)
+            self.webhooks.reset(f"{self._seed}/{self._resets}" if seed is None else seed)
 
     def _reset_locked(self, seed: int | str) -> None:
         self._rng = random.Random(seed)
@@ -506,7 +524,7 @@ class SimState:
                 for i, outcome in enumerate(outcomes)
             ]
 
-    def _create_locked(self, spec: CallSpec, now: float) -> str:
+    def _create_locked(self, spec: CallSpec, now: float, *, notify: bool = True) -> str:
         rng, cfg = self._rng, self.config
         outcome = spec.get("outcome") or rng.choices(list(cfg.mix), weights=list(cfg.mix.values()))[0]
         plan = CallPlan(
@@ -543,7 +561,41 @@ class SimState:
             metadata=metadata,
             content=rng.getrandbits(16),
         )
+        if notify and not plan.foreign and self.webhooks.active:
+            self._schedule_webhook_events(self._calls[call_id], now)
         return call_id
+
+    # --------------------------------------------------------------- webhooks
+
+    def _schedule_webhook_events(self, call: _Call, now: float, *, future_only: bool = False) -> None:
+        """Tell the webhook hub when this call is initiated and (unscripted) when it ends.
+
+        A new call's events that are already past (``age_s``) are sent at once; ``future_only`` (a webhook
+        registered while calls exist) skips them.
+        """
+        plan = call.plan
+        initiated = plan.created_at + plan.queued_s
+        if not future_only or initiated > now:
+            self.webhooks.schedule(call.id, initiated, "initiated")
+        if not plan.script and (not future_only or plan.terminal_at > now):
+            self.webhooks.schedule(call.id, plan.terminal_at, "ended")
+
+    def _schedule_existing(self) -> None:
+        """The first webhook was registered: schedule the events still to come of calls that already exist."""
+        with self._lock:
+            now = time.time()
+            for call in self._calls.values():
+                if not call.plan.foreign:
+                    self._schedule_webhook_events(call, now, future_only=True)
+
+    def webhook_view(self, call_id: str) -> CallView | None:
+        """The call as a webhook delivery shows it now (None for an unknown or foreign call)."""
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.plan.foreign:
+                return None
+            record = self._record(call, time.time(), advance=False)
+            return CallView(record, call.plan.created_at + call.plan.queued_s, bool(call.plan.script))
 
     def _draw(self, value: float | Sequence[float] | None, default: tuple[float, float]) -> float:
         low, high = _range(value) if value is not None else default
@@ -567,6 +619,8 @@ class SimState:
             call.plan.script = list(statuses)
             call.script_pos = 0
             call.scripted_end = None
+            if normalise(statuses[0]) in TERMINAL and self.webhooks.active:  # it ends now: deliver without a read
+                self.webhooks.schedule(call_id, time.time(), "ended")
 
     def set_status(self, call_id: str, status: str) -> None:
         """Force the status shown from now on (a one-entry script)."""
@@ -836,7 +890,7 @@ class SimState:
                 created = start + i * step
                 spec: CallSpec = {"outcome": outcome, "age_s": max(now - created, 0.0), "queued_s": 0.0}
                 spec["ring_s"], spec["talk_s"] = 1.0, (20.0 if outcome in CONNECTED else 0.0)
-                call = self._calls[self._create_locked(spec, now)]
+                call = self._calls[self._create_locked(spec, now, notify=False)]  # history: no webhook events
                 call.plan.created_at = created  # exact, not via now - age
                 call.created_iso = iso8601(created)
                 if batch_ids:
@@ -893,6 +947,8 @@ class SimState:
                 return raw, None, None
             if call.scripted_end is None:
                 call.scripted_end = now
+                if self.webhooks.active:
+                    self.webhooks.schedule(call.id, now, "ended")
             return raw, outcome, call.scripted_end
         elapsed = now - plan.created_at
         if elapsed >= plan.queued_s + plan.ring_s + plan.talk_s:
