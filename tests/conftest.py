@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,27 @@ def dialnexa_conn(simulator: Simulator, api_key: str, monkeypatch: pytest.Monkey
     return simulator
 
 
+@contextmanager
+def logging_config_kept() -> Iterator[None]:
+    """Undo what running Airflow's migrations does to this process's logging.
+
+    Airflow 2.11's ``migrations/env.py`` calls ``logging.config.fileConfig(alembic.ini)`` on every migration run
+    (3.3 only when the root logger has no handler): the root logger drops Airflow's handlers for a stderr one
+    and goes to WARNING. Left like that, every later test in the worker loses the INFO records of loggers
+    that inherit the root's level, such as a trigger's (its triggerer captures them on the root logger).
+    """
+    root = logging.getLogger()
+    touched = [logging.getLogger(name) for name in ("sqlalchemy.engine", "alembic")]
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in (root, *touched)]
+    try:
+        yield
+    finally:
+        for logger, level, handlers, propagate, disabled in saved:
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate, logger.disabled = propagate, disabled
+
+
 @pytest.fixture(scope="module")
 def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A migrated throwaway metadata DB (one per test module) whose DAGs folder holds ``dags/`` and ``tests/dags/``.
@@ -85,7 +108,8 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     env.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(home / "logs"))
     settings.configure_vars()
     settings.reconfigure_orm()
-    db.initdb()
+    with logging_config_kept():
+        db.initdb()
     try:
         yield dags
     finally:

@@ -350,7 +350,7 @@ def test_slow_response_beyond_the_timeout_is_unreachable(api_key: str, monkeypat
     with Simulator(api_key=api_key) as private:
         _set_conn(monkeypatch, "dialnexa_slow", private.url, api_key, rate_limit_per_minute=0)
         call_id = _new_call(private)
-        private.add_fault(Fault(kind="slow", route="get", call_id=call_id, delay_s=0.6))
+        private.add_fault(Fault(kind="slow", route="get", call_id=call_id, delay_s=3600))  # held until the hang-up
         hook = DialNexaHook("dialnexa_slow", timeout=0.2, max_retries=1, retry_policy=FAST)
         with pytest.raises(DialNexaUnreachableError) as info:
             hook.get_call(call_id)
@@ -358,7 +358,7 @@ def test_slow_response_beyond_the_timeout_is_unreachable(api_key: str, monkeypat
         assert private.stats()["faults_fired"] == {"slow": 2}
     assert isinstance(info.value, DialNexaServerError)
     assert "Timeout" in str(info.value)
-    # stop() waited for the late answers, so the log is now complete: two attempts, nothing more.
+    # each held answer was logged when the hook hung up: two attempts, nothing more.
     assert _statuses(private, call_id) == [200, 200]
 
 
@@ -765,7 +765,7 @@ async def test_aget_call_slow_response_is_unreachable(api_key: str, monkeypatch:
     with Simulator(api_key=api_key) as private:
         _set_conn(monkeypatch, "dialnexa_slow", private.url, api_key, rate_limit_per_minute=0)
         call_id = _new_call(private)
-        private.add_fault(Fault(kind="slow", route="get", call_id=call_id, delay_s=0.6))
+        private.add_fault(Fault(kind="slow", route="get", call_id=call_id, delay_s=3600))  # held until the hang-up
         hook = DialNexaHook("dialnexa_slow", timeout=0.2, max_retries=1, retry_policy=FAST)
         try:
             with pytest.raises(DialNexaUnreachableError) as info:

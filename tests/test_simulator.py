@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -373,6 +374,25 @@ def test_fault_kinds_on_get(simulator: Simulator, api: Api, kind: str) -> None:
     simulator.add_fault(Fault(kind=kind, route="get", call_id=call_id, count=1, delay_s=0.01))  # type: ignore[arg-type]
     _check_fault(kind, api.get(f"/v1/calls/{call_id}"))
     assert api.call(call_id)["status"] == "completed"  # count=1: the next request is clean
+    assert simulator.stats()["faults_fired"] == {kind: 1}
+
+
+@pytest.mark.parametrize("kind", ["slow", "lost_slow"])
+def test_a_held_answer_ends_when_the_client_hangs_up(simulator: Simulator, api_key: str, kind: str) -> None:
+    """A ``slow`` answer is held ``delay_s`` or until the client hangs up, whichever is first: the request is
+    logged as soon as the client has gone, so a test can hold answers far longer than any stall of a loaded
+    machine (the client always times out first) without waiting for them."""
+    call_id = ended(simulator)
+    simulator.add_fault(Fault(kind=kind, route="get", call_id=call_id, count=1, delay_s=3600))
+    host, port = simulator.url.removeprefix("http://").split(":")
+    request = f"GET /v1/calls/{call_id} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_key}\r\n\r\n"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request.encode())
+    # hang-up guard only (the hold ends at once; 3600 s without the hang-up): the request is logged
+    deadline = time.monotonic() + 30
+    while not simulator.requests(call_id=call_id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(e.route, e.status_code) for e in simulator.requests(call_id=call_id)] == [("get", 200)]
     assert simulator.stats()["faults_fired"] == {kind: 1}
 
 

@@ -104,17 +104,34 @@ CREATE_REFUSALS: dict[int, str] = {
 }
 
 
-async def _lose(fault: Fault, reply: Reply) -> tuple[Reply, bool] | None:
+async def _hold(delay: float, receive: Receive) -> None:
+    """Hold a request's answer ``delay`` seconds, or until the client hangs up (no one waits for it then).
+
+    A ``slow`` answer is meant to come after the client's read timeout. Ending the hold at the hang-up logs
+    the request as soon as the client gave up, so a test can make the delay as long as it likes (far beyond
+    any stall of a loaded machine) without waiting for it.
+    """
+
+    async def hang_up() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # a GET's (empty) request body, still unread
+
+    try:
+        await asyncio.wait_for(hang_up(), delay)
+    except TimeoutError:
+        pass
+    except asyncio.CancelledError:  # server shutting down mid-delay: end quietly, not with a traceback
+        raise SimulatedReset("shutdown during a simulated delay") from None
+
+
+async def _lose(fault: Fault, reply: Reply, receive: Receive) -> tuple[Reply, bool] | None:
     """The answer of a ``lost_*`` fault after the route ran (the call exists): a 502/504, or a late reply."""
     if fault.kind == "lost_502":
         return Reply(502, _HTML_502, HTML), False
     if fault.kind == "lost_504":
         return _error(504, "Gateway Timeout"), False
     if fault.kind == "lost_slow":
-        try:
-            await asyncio.sleep(fault.delay_s)  # the client gave up long ago; the call was placed anyway
-        except asyncio.CancelledError:
-            raise SimulatedReset("shutdown during a simulated delay") from None
+        await _hold(fault.delay_s, receive)  # the client gave up long ago; the call was placed anyway
         return reply, False
     return None
 
@@ -274,16 +291,16 @@ class SimulatorApp:
         if scope["path"].startswith("/_sim/"):
             await self._control(scope, body, send)
         else:
-            await self._api(scope, body, send)
+            await self._api(scope, body, receive, send)
 
-    async def _api(self, scope: Scope, body: bytes, send: Send) -> None:
+    async def _api(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         state, now, method = self.state, time.time(), scope["method"]
         route, call_id = _resolve(method, scope)
         batches.tick(state)
         paged = route in ("list", "batch_list", "batch_get", "webhook_list")
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if paged else {}
         call_ids = (call_id,) if call_id is not None else tuple(split_csv(query.get("call_id")))
-        reply, reset = await self._answer(route, method, scope, call_ids, query, body, now)
+        reply, reset = await self._answer(route, method, scope, call_ids, query, body, now, receive)
         client = scope.get("client")
         peer = tuple(client) if client else None
         window = state.note(method, route, call_ids, 0 if reset else reply.status, peer, now)
@@ -308,6 +325,7 @@ class SimulatorApp:
         query: Mapping[str, Sequence[str]],
         body: bytes,
         now: float,
+        receive: Receive,
     ) -> tuple[Reply, bool]:
         """The reply to a public-API request and whether to reset the connection while sending it."""
         state = self.state
@@ -322,10 +340,7 @@ class SimulatorApp:
         fault = state.match_fault(route, call_ids)
         delay = state.config.latency_s + (fault.delay_s if fault is not None and fault.kind == "slow" else 0.0)
         if delay:
-            try:
-                await asyncio.sleep(delay)
-            except asyncio.CancelledError:  # server shutting down mid-delay: end quietly, not with a traceback
-                raise SimulatedReset("shutdown during a simulated delay") from None
+            await _hold(delay, receive)
             now = time.time()  # the call's lifecycle moved on while we slept
         if fault is not None and (fault.kind in ERROR_FAULTS or is_status_fault(fault.kind)):
             return _fault_reply(fault, self._echoed(route, call_ids, body) if fault.echo_number else None), False
@@ -348,7 +363,7 @@ class SimulatorApp:
             mangled = _mangle(fault.kind, route, status, payload)
             if mangled is not None:
                 return mangled, False
-        if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)))) is not None:
+        if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)), receive)) is not None:
             return lost
         return Reply(status, dumps(payload)), fault is not None and fault.kind == "reset"
 

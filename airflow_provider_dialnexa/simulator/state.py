@@ -287,6 +287,7 @@ class Fault:
     count: int | None = None
     rate: float | None = None
     retry_after: str | None = None
+    #: ``slow``/``lost_slow``: hold the answer this long, or until the client hangs up (it timed out).
     delay_s: float = 1.0
     #: Error faults only: the ``message`` quotes the request's (or the call's) phone number in several spellings.
     echo_number: bool = False
