@@ -19,9 +19,11 @@ import enum
 import logging
 import threading
 import time
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, insert, update
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from airflow_provider_dialnexa.webhooks import _adapter
@@ -90,49 +92,96 @@ def record(
 ) -> Outcome:
     """Record one call-ended event exactly once; the caller commits ``session`` (or rolls it back on error).
 
-    ``after_commit`` collects Airflow's listener notifications to run after the commit (where supported).
-    Order matters: the receipt before the event, so a duplicate fails on the key before an event exists
-    (and the transaction is rolled back). A concurrent delivery of the same (connection, call, status)
-    waits on the key for the first transaction, then finds its receipt (or, if that one rolled back,
-    records the event itself).
+    ``after_commit`` collects Airflow's listener notifications to run after the commit (run at once when
+    None). Usable outside a request (a relay, a queue consumer): see ``record_group``.
+    """
+    return record_group(session, [(conn_id, event)], now=now, after_commit=after_commit)[0]
+
+
+def record_group(
+    session: Session,
+    deliveries: Sequence[tuple[str, WebhookEvent]],
+    *,
+    now: float | None = None,
+    after_commit: list[Any] | None = None,
+) -> list[Outcome]:
+    """Record (connection id, call-ended event) pairs in ``session``'s one transaction, each exactly once.
+
+    The caller commits (or rolls back on any error: then nothing of the group is written). Per key
+    (connection, call, status), the first delivery of the group inserts the receipt unless the key exists
+    (``RECORDED``, else ``DUPLICATE``); later ones in the group are ``DUPLICATE``. Receipts are inserted in
+    key order, before any event, so two writers (replicas on PostgreSQL) take the keys' locks in one order:
+    a concurrent writer of the same key waits for the first transaction, then finds its receipt (or, if
+    that one rolled back, inserts it). Then each connection's new events go to its calls asset in one
+    ``_adapter.register_events`` call (which queues each consuming DAG once), and each receipt gets its
+    event id.
     """
     ensure_table(session.get_bind().engine)  # type: ignore[union-attr]
-    uri = calls_asset_uri(conn_id)
-    asset = _adapter.find_asset(session, uri)
-    receipt = {
-        "conn_id": conn_id,
-        "call_id": event.call_id,
-        "status": event.status,
-        "event_name": event.name,
-        "received_at": time.time() if now is None else now,
-        "pending": True,
-    }
-    try:
-        # No savepoint: on SQLite (pysqlite) a SAVEPOINT opened before any write becomes the outermost
-        # transaction and its RELEASE commits, which would commit the receipt even if the event then failed.
-        session.execute(insert(receipts).values(**receipt))
+    received_at = time.time() if now is None else now
+    outcomes = [Outcome.DUPLICATE] * len(deliveries)
+    first: dict[tuple[str, str, str], int] = {}
+    for index, (conn_id, event) in enumerate(deliveries):
+        first.setdefault((conn_id, str(event.call_id), str(event.status)), index)
+    new: dict[str, list[int]] = defaultdict(list)
+    for key in sorted(first):
+        index = first[key]
+        conn_id, event = deliveries[index]
+        values = {
+            "conn_id": conn_id,
+            "call_id": key[1],
+            "status": key[2],
+            "event_name": event.name,
+            "received_at": received_at,
+            "pending": True,
+        }
+        if _insert_receipt(session, values):
+            outcomes[index] = Outcome.RECORDED
+            new[conn_id].append(index)
+    for conn_id, indexes in sorted(new.items()):
+        uri = calls_asset_uri(conn_id)
+        asset = _adapter.find_asset(session, uri)
+        if asset is None:
+            asset = _adapter.create_asset(session, uri)
+            log.warning(
+                "DialNexa webhook: no DAG declares %s yet; created the asset so the event is kept "
+                "(schedule a DAG on calls_ended_asset(%r) to consume such events)",
+                uri,
+                conn_id,
+            )
+        events = [deliveries[index][1] for index in indexes]
+        extras = [event.asset_extra(conn_id) for event in events]
+        event_ids = _adapter.register_events(session, asset, uri, extras, after_commit)
+        session.execute(
+            update(receipts)
+            .where(
+                receipts.c.conn_id == bindparam("b_conn"),
+                receipts.c.call_id == bindparam("b_call"),
+                receipts.c.status == bindparam("b_status"),
+            )
+            .values(asset_event_id=bindparam("b_event")),
+            [
+                {"b_conn": conn_id, "b_call": e.call_id, "b_status": e.status, "b_event": event_id}
+                for e, event_id in zip(events, event_ids, strict=True)
+            ],
+        )
+    return outcomes
+
+
+def _insert_receipt(session: Session, values: dict[str, Any]) -> bool:
+    """Insert a receipt unless its key exists; True when inserted (the database decides, not this process)."""
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        result: Any = session.execute(dialect_insert(receipts).values(**values).on_conflict_do_nothing())
+        return bool(result.rowcount)
+    try:  # MySQL and others: a savepoint keeps the rest of the transaction when the key exists
+        with session.begin_nested():
+            session.execute(insert(receipts).values(**values))
     except IntegrityError:
-        session.rollback()  # nothing else was written in this transaction
-        return Outcome.DUPLICATE
-    if asset is None:
-        asset = _adapter.create_asset(session, uri)
-        log.warning(
-            "DialNexa webhook: no DAG declares %s yet; created the asset so the event is kept "
-            "(schedule a DAG on calls_ended_asset(%r) to consume such events)",
-            uri,
-            conn_id,
-        )
-    event_id = _adapter.register_event(session, asset, uri, event.asset_extra(conn_id), after_commit)
-    session.execute(
-        update(receipts)
-        .where(
-            receipts.c.conn_id == conn_id,
-            receipts.c.call_id == event.call_id,
-            receipts.c.status == event.status,
-        )
-        .values(asset_event_id=event_id)
-    )
-    return Outcome.RECORDED
+        return False
+    return True
 
 
 def receipt_rows(session: Session, conn_id: str | None = None) -> list[dict[str, Any]]:
