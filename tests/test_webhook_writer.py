@@ -145,11 +145,15 @@ def test_a_failing_delivery_fails_alone_and_the_rest_of_its_group_is_recorded(
 
 def test_a_cancelled_delivery_is_not_recorded(conn: None) -> None:
     """A request that gave up (client gone) before its group formed records nothing; DialNexa retries it."""
-    writer = GroupWriter()
-    pending = writer_module._Pending(CONN_ID, parse(_body("call_grp_cancelled")), 0.0)
-    assert pending.future.cancel()
-    recorded: list[Any] = []
-    writer._commit = lambda deliveries, notifications: recorded.extend(deliveries) or []  # type: ignore[method-assign]
-    writer._write([item for item in [pending] if item.future.set_running_or_notify_cancel()])
-    assert recorded == []
-    assert Outcome.RECORDED not in recorded
+    committed: list[Any] = []
+
+    def commit(deliveries: Sequence[tuple[str, WebhookEvent]], notifications: list[Any]) -> list[Outcome]:
+        committed.extend(deliveries)
+        return [Outcome.RECORDED] * len(deliveries)
+
+    writer = GroupWriter(commit=commit)
+    gone, kept = (writer_module._Pending(CONN_ID, parse(_body(call_id)), 0.0) for call_id in ("call_c_1", "call_c_2"))
+    assert gone.future.cancel()
+    writer._write([item for item in (gone, kept) if item.future.set_running_or_notify_cancel()])
+    assert [event.call_id for _, event in committed] == ["call_c_2"]
+    assert kept.future.result() is Outcome.RECORDED
