@@ -87,17 +87,25 @@ def _deliver_as_one_group(writer: HeldWriter, bodies: list[bytes]) -> list[Any]:
 
 
 def test_a_group_is_one_transaction_and_resolves_its_duplicates(held: HeldWriter) -> None:
-    bodies = [_body("call_grp_1"), _body("call_grp_2"), _body("call_grp_1"), _body("call_grp_3", status="busy")]
+    assert handle(CONN_ID, [sign(_body("call_grp_0"), SECRET)], _body("call_grp_0")).body["status"] == "recorded"
+    bodies = [
+        _body("call_grp_1"),
+        _body("call_grp_2"),
+        _body("call_grp_1"),  # a copy in the same group
+        _body("call_grp_3", status="busy"),
+        _body("call_grp_0"),  # recorded before the group
+    ]
     replies = _deliver_as_one_group(held, bodies)
-    assert held.groups[0] == [HOLD]
-    assert [sorted(group) for group in held.groups[1:]] == [["call_grp_1", "call_grp_1", "call_grp_2", "call_grp_3"]]
+    assert held.groups[-2] == [HOLD]
+    assert sorted(held.groups[-1]) == ["call_grp_0", "call_grp_1", "call_grp_1", "call_grp_2", "call_grp_3"]
     assert [(reply.status, reply.body["status"]) for reply in replies] == [
         (200, "recorded"),
         (200, "recorded"),
         (200, "duplicate"),
         (200, "recorded"),
+        (200, "duplicate"),
     ]
-    assert [len(events_of(call_id)) for call_id in ("call_grp_1", "call_grp_2", "call_grp_3")] == [1, 1, 1]
+    assert [len(events_of(f"call_grp_{index}")) for index in range(4)] == [1, 1, 1, 1]
     assert len(queue_rows()) == 1  # the consuming DAG queued once for the group
 
 

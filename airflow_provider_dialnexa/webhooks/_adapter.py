@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import __version__ as sqlalchemy_version
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -224,6 +226,10 @@ def register_event(
 # rows, the notifications and the scheduler's runs equal the manager's.
 
 
+#: SQLAlchemy 2 (Airflow 3) returns generated ids of a many-row INSERT in the rows' order; 1.4 (2.11) does not.
+BATCHED_RETURNING = int(sqlalchemy_version.split(".")[0]) >= 2
+
+
 @functools.cache
 def _direct_path_allowed() -> bool:
     """Airflow's own manager class is configured (not a replacement), and 3.x multi-team mode is off."""
@@ -316,10 +322,12 @@ def register_events(
         return [register_event(session, asset, uri, extra, after_commit) for extra in extras]
     table = line.asset_event.__table__
     key = "asset_id" if line.v3 else "dataset_id"
-    ids = []
-    for extra in extras:
-        result: Any = session.execute(insert(table).values({key: asset[0], "extra": extra}))
-        ids.append(int(result.inserted_primary_key[0]))
+    rows = [{key: asset[0], "extra": extra} for extra in extras]
+    if len(rows) > 1 and BATCHED_RETURNING:  # one statement, ids in the rows' order
+        result: Any = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+        ids = [int(event_id) for event_id in result.scalars()]
+    else:
+        ids = [int(session.execute(insert(table).values(row)).inserted_primary_key[0]) for row in rows]  # type: ignore[attr-defined]
     _count_updates(line, len(extras))
     for dag_id in dag_ids:
         insert_queue_row(session, {key: asset[0], "target_dag_id": dag_id})
@@ -333,16 +341,15 @@ def register_events(
 
 
 def _count_updates(line: Line, count: int) -> None:
+    """The manager's counter, once per event (one call adding ``count``)."""
     if line.v3:
         from airflow._shared.observability.metrics import stats
 
-        for _ in range(count):
-            stats.incr("asset.updates", tags={})
+        stats.incr("asset.updates", count=count, tags={})
     else:
         from airflow.stats import Stats
 
-        for _ in range(count):
-            Stats.incr("dataset.updates")
+        Stats.incr("dataset.updates", count=count)
 
 
 def _notifications(

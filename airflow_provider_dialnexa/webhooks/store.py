@@ -122,21 +122,16 @@ def record_group(
     first: dict[tuple[str, str, str], int] = {}
     for index, (conn_id, event) in enumerate(deliveries):
         first.setdefault((conn_id, str(event.call_id), str(event.status)), index)
-    new: dict[str, list[int]] = defaultdict(list)
+    rows = []
     for key in sorted(first):
+        conn_id, call_id, status = key
+        name = deliveries[first[key]][1].name
+        rows.append(dict(conn_id=conn_id, call_id=call_id, status=status, event_name=name, received_at=received_at))
+    new: dict[str, list[int]] = defaultdict(list)
+    for key in _insert_receipts(session, rows):
         index = first[key]
-        conn_id, event = deliveries[index]
-        values = {
-            "conn_id": conn_id,
-            "call_id": key[1],
-            "status": key[2],
-            "event_name": event.name,
-            "received_at": received_at,
-            "pending": True,
-        }
-        if _insert_receipt(session, values):
-            outcomes[index] = Outcome.RECORDED
-            new[conn_id].append(index)
+        outcomes[index] = Outcome.RECORDED
+        new[key[0]].append(index)
     for conn_id, indexes in sorted(new.items()):
         uri = calls_asset_uri(conn_id)
         asset = _adapter.find_asset(session, uri)
@@ -167,21 +162,41 @@ def record_group(
     return outcomes
 
 
-def _insert_receipt(session: Session, values: dict[str, Any]) -> bool:
-    """Insert a receipt unless its key exists; True when inserted (the database decides, not this process)."""
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        from sqlalchemy.dialects import postgresql, sqlite
+def _insert_receipts(session: Session, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Insert the receipts whose key does not exist yet, in the rows' order; the keys inserted.
 
-        dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        result: Any = session.execute(dialect_insert(receipts).values(**values).on_conflict_do_nothing())
-        return bool(result.rowcount)
-    try:  # MySQL and others: a savepoint keeps the rest of the transaction when the key exists
-        with session.begin_nested():
-            session.execute(insert(receipts).values(**values))
-    except IntegrityError:
-        return False
-    return True
+    The database decides, not this process: ``ON CONFLICT DO NOTHING`` (PostgreSQL, SQLite) reports which
+    rows it inserted (all in one statement where SQLAlchemy 2 returns them, else row by row); elsewhere
+    (MySQL) a savepoint per row keeps the transaction when a key exists.
+    """
+    dialect = session.get_bind().dialect.name
+    keys = [(row["conn_id"], row["call_id"], row["status"]) for row in rows]
+    if dialect not in ("postgresql", "sqlite"):
+        inserted = []
+        for key, row in zip(keys, rows, strict=True):
+            try:
+                with session.begin_nested():
+                    session.execute(insert(receipts).values(pending=True, **row))
+            except IntegrityError:
+                continue
+            inserted.append(key)
+        return inserted
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    if _adapter.BATCHED_RETURNING and len(rows) > 1:
+        statement = dialect_insert(receipts).values([{"pending": True, **row} for row in rows])
+        returning = statement.on_conflict_do_nothing().returning(
+            receipts.c.conn_id, receipts.c.call_id, receipts.c.status
+        )
+        found = {tuple(row) for row in session.execute(returning)}
+        return [key for key in keys if key in found]
+    inserted = []
+    for key, row in zip(keys, rows, strict=True):
+        result: Any = session.execute(dialect_insert(receipts).values(pending=True, **row).on_conflict_do_nothing())
+        if result.rowcount:
+            inserted.append(key)
+    return inserted
 
 
 def receipt_rows(session: Session, conn_id: str | None = None) -> list[dict[str, Any]]:
