@@ -154,12 +154,10 @@ def _run(args: argparse.Namespace, db_url: str | None) -> dict[str, Any]:
             "password": DEFAULT_API_KEY,
             "extra": {"webhook_secret": SECRET},
         }
-        stack = AirflowStack(
-            home=home / "airflow",
-            dags=[dag_file],
-            db_url=db_url,
-            extra_env={f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn), "AIRFLOW__CORE__PARALLELISM": "2"},
-        )
+        env = {f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn), "AIRFLOW__CORE__PARALLELISM": "2"}
+        if args.web_threads and not AIRFLOW_3:  # gunicorn's threaded worker (gthread) in the one webserver worker
+            env["GUNICORN_CMD_ARGS"] = f"--threads {args.web_threads}"
+        stack = AirflowStack(home=home / "airflow", dags=[dag_file], db_url=db_url, extra_env=env, sqlite_wal=args.wal)
         try:
             stack.start_all()
             stack.wait_ready(CONN_ID, SECRET)
@@ -177,7 +175,9 @@ def _run(args: argparse.Namespace, db_url: str | None) -> dict[str, Any]:
             stack.stop()
     result["load_average_before"] = [round(x, 2) for x in load_before]
     result["airflow"] = "3" if AIRFLOW_3 else "2.11"
-    result["metadata_db"] = "postgresql" if db_url else "sqlite"
+    result["metadata_db"] = "postgresql" if db_url else "sqlite" + (" (WAL set by the benchmark)" if args.wal else "")
+    if args.web_threads and not AIRFLOW_3:
+        result["webserver_threads"] = args.web_threads
     if keep:
         result["kept_home"] = keep
     return result
@@ -309,6 +309,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--postgres", action="store_true", help="a private PostgreSQL metadata DB instead of SQLite")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--wal", action="store_true", help="switch the SQLite DB to WAL (2.11; Airflow 3 does it)")
+    parser.add_argument("--web-threads", type=int, default=0, help="2.11: threads of the one webserver worker")
     parser.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="no warm-up delivery and run before measuring"
     )

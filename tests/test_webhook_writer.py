@@ -23,7 +23,7 @@ from airflow_provider_dialnexa.webhooks.events import WebhookEvent, parse
 from airflow_provider_dialnexa.webhooks.receiver import handle
 from airflow_provider_dialnexa.webhooks.signature import sign
 from airflow_provider_dialnexa.webhooks.store import Outcome, receipt_rows
-from airflow_provider_dialnexa.webhooks.writer import GroupWriter, commit_group
+from airflow_provider_dialnexa.webhooks.writer import Delivery, GroupWriter, commit_group
 
 __all__ = ["conn", "db"]  # fixtures: the test DAG in the metadata DB, the test connection
 
@@ -53,8 +53,8 @@ class HeldWriter(GroupWriter):
         with self._submitted:
             assert self._submitted.wait_for(lambda: self.submitted >= count, timeout=120)
 
-    def _commit_group(self, deliveries: Sequence[tuple[str, WebhookEvent]], notifications: list[Any]) -> Any:
-        call_ids = [str(event.call_id) for _, event in deliveries]
+    def _commit_group(self, deliveries: Sequence[Delivery], notifications: list[Any]) -> Any:
+        call_ids = [str(item.event.call_id) for item in deliveries]
         self.groups.append(call_ids)
         if HOLD in call_ids:
             self.holding.set()
@@ -155,13 +155,13 @@ def test_a_cancelled_delivery_is_not_recorded(conn: None) -> None:
     """A request that gave up (client gone) before its group formed records nothing; DialNexa retries it."""
     committed: list[Any] = []
 
-    def commit(deliveries: Sequence[tuple[str, WebhookEvent]], notifications: list[Any]) -> list[Outcome]:
+    def commit(deliveries: Sequence[Delivery], notifications: list[Any]) -> list[Outcome]:
         committed.extend(deliveries)
         return [Outcome.RECORDED] * len(deliveries)
 
     writer = GroupWriter(commit=commit)
-    gone, kept = (writer_module._Pending(CONN_ID, parse(_body(call_id)), 0.0) for call_id in ("call_c_1", "call_c_2"))
+    gone, kept = (writer_module.Delivery(CONN_ID, parse(_body(call_id)), 0.0) for call_id in ("call_c_1", "call_c_2"))
     assert gone.future.cancel()
     writer._write([item for item in (gone, kept) if item.future.set_running_or_notify_cancel()])
-    assert [event.call_id for _, event in committed] == ["call_c_2"]
+    assert [item.event.call_id for item in committed] == ["call_c_2"]
     assert kept.future.result() is Outcome.RECORDED

@@ -173,15 +173,8 @@ def check(
 
 
 def recorded(conn_id: str, event: WebhookEvent, outcome: Outcome) -> Reply:
-    """The 200 after the commit that holds (or already held) the event."""
-    log.log(
-        logging.INFO if outcome is Outcome.RECORDED else logging.DEBUG,
-        "DialNexa webhook for %r: call %r ended (%s): %s",
-        conn_id,
-        event.call_id,
-        event.status,
-        outcome.value,
-    )
+    """The 200 after the commit that holds (or already held) the event (the writer logs each group)."""
+    log.debug("DialNexa webhook for %r: call %r ended (%s): %s", conn_id, event.call_id, event.status, outcome.value)
     return Reply(200, {"status": outcome.value, "call_id": event.call_id, "call_status": event.status})
 
 

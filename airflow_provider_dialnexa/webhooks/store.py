@@ -1,13 +1,14 @@
 """Exactly once: a receipt per (connection, call, status) and the asset event, committed together.
 
 The provider owns one small table in Airflow's metadata DB, ``dialnexa_webhook_receipt``, created on
-first use, with the primary key ``(conn_id, call_id, status)``. Recording a call-ended delivery is one
-transaction: insert the receipt, record the asset event through Airflow's asset manager, store the
-event id on the receipt, commit. The database enforces the key, so whatever DialNexa does (retries,
-duplicates, replays of an authentic body) and however many api-servers receive it, or restart between
-deliveries, one receipt commits and with it one event; every other attempt hits the key and answers
-"duplicate" without recording. A failure anywhere rolls both back, so DialNexa's retry finds no receipt
-and records the event then.
+first use, with the primary key ``(conn_id, call_id, status)``. Recording call-ended deliveries (one, or a
+group gathered by ``writer.py``) is one transaction: insert each receipt unless its key exists (the
+database decides, ``ON CONFLICT DO NOTHING``), record an asset event for each new receipt (``_adapter``:
+the rows Airflow's asset manager writes), store the event id on the receipt, commit. The database
+enforces the key, so whatever DialNexa does (retries, duplicates, replays of an authentic body) and however
+many api-servers receive it, or restart between deliveries, one receipt commits and with it one event;
+every other attempt finds the key and answers "duplicate" without recording. A failure anywhere rolls the
+transaction back, so DialNexa's retry finds no receipt and records the event then.
 
 ``pending`` marks receipts the sweeper (``sweeper.py``) still watches until each DAG scheduled on the
 asset has a run that consumed the event.
@@ -103,6 +104,7 @@ def record_group(
     deliveries: Sequence[tuple[str, WebhookEvent]],
     *,
     now: float | None = None,
+    received_at: Sequence[float] | None = None,
     after_commit: list[Any] | None = None,
 ) -> list[Outcome]:
     """Record (connection id, call-ended event) pairs in ``session``'s one transaction, each exactly once.
@@ -114,10 +116,11 @@ def record_group(
     a concurrent writer of the same key waits for the first transaction, then finds its receipt (or, if
     that one rolled back, inserts it). Then each connection's new events go to its calls asset in one
     ``_adapter.register_events`` call (which queues each consuming DAG once), and each receipt gets its
-    event id.
+    event id. ``received_at`` dates each receipt (epoch seconds), else ``now`` (else the current time) dates all.
     """
     ensure_table(session.get_bind().engine)  # type: ignore[union-attr]
-    received_at = time.time() if now is None else now
+    now = time.time() if now is None else now
+    dates = list(received_at) if received_at is not None else [now] * len(deliveries)
     outcomes = [Outcome.DUPLICATE] * len(deliveries)
     first: dict[tuple[str, str, str], int] = {}
     for index, (conn_id, event) in enumerate(deliveries):
@@ -126,7 +129,8 @@ def record_group(
     for key in sorted(first):
         conn_id, call_id, status = key
         name = deliveries[first[key]][1].name
-        rows.append(dict(conn_id=conn_id, call_id=call_id, status=status, event_name=name, received_at=received_at))
+        arrived = dates[first[key]]
+        rows.append(dict(conn_id=conn_id, call_id=call_id, status=status, event_name=name, received_at=arrived))
     new: dict[str, list[int]] = defaultdict(list)
     for key in _insert_receipts(session, rows):
         index = first[key]

@@ -47,25 +47,31 @@ GROUP_WINDOW = _setting("webhook_group_window", 0.005)
 #: The most deliveries one transaction records.
 GROUP_MAX = max(1, int(_setting("webhook_group_max", 200)))
 
-Commit = Callable[[Sequence[tuple[str, WebhookEvent]], list[Any]], list[Outcome]]
+Commit = Callable[[Sequence["Delivery"], list[Any]], list[Outcome]]
 
 
-def commit_group(deliveries: Sequence[tuple[str, WebhookEvent]], notifications: list[Any]) -> list[Outcome]:
-    """Record ``deliveries`` in one metadata-DB transaction and commit it (roll back and raise on any error)."""
+def commit_group(group: Sequence[Delivery], notifications: list[Any]) -> list[Outcome]:
+    """Record ``group`` in one metadata-DB transaction and commit it (roll back and raise on any error)."""
     from airflow.utils.session import create_session
 
     from airflow_provider_dialnexa.webhooks.store import record_group
 
+    deliveries = [(item.conn_id, item.event) for item in group]
     with create_session() as session:  # commits on success, rolls back on any exception
-        return record_group(session, deliveries, after_commit=notifications)
+        return record_group(
+            session, deliveries, received_at=[item.received_at for item in group], after_commit=notifications
+        )
 
 
 @dataclass
-class _Pending:
+class Delivery:
+    """One call-ended event waiting for the writer; ``future`` gets its outcome."""
+
     conn_id: str
     event: WebhookEvent
-    arrived: float
+    arrived: float  # time.monotonic() when the request handed it over
     future: Future[Outcome] = field(default_factory=Future)
+    received_at: float = field(default_factory=time.time)  # the receipt's ``received_at`` (epoch seconds)
 
 
 class GroupWriter:
@@ -73,7 +79,7 @@ class GroupWriter:
 
     def __init__(self, commit: Commit = commit_group) -> None:
         self._commit = commit
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -81,7 +87,7 @@ class GroupWriter:
     def submit(self, conn_id: str, event: WebhookEvent) -> Future[Outcome]:
         """Queue one call-ended event; the future holds its ``Outcome`` once committed, or the error."""
         self.ensure_running()
-        pending = _Pending(conn_id, event, time.monotonic())
+        pending = Delivery(conn_id, event, time.monotonic())
         self._queue.put(pending)
         return pending.future
 
@@ -110,11 +116,18 @@ class GroupWriter:
             if first is None:
                 return
             group, stop = self._gather(first)
-            self._write([item for item in group if item.future.set_running_or_notify_cancel()])
+            live = [item for item in group if item.future.set_running_or_notify_cancel()]
+            try:
+                self._write(live)
+            except Exception:  # a bug here must not leave requests waiting forever
+                log.exception("DialNexa webhook writer: unexpected error; the group's requests answer 503")
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(RecordingFailedError("the writer failed"))
             if stop:
                 return
 
-    def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
+    def _gather(self, first: Delivery) -> tuple[list[Delivery], bool]:
         """The oldest delivery and those arriving within ``GROUP_WINDOW`` of it (at most ``GROUP_MAX``)."""
         group = [first]
         deadline = first.arrived + GROUP_WINDOW
@@ -129,12 +142,12 @@ class GroupWriter:
             group.append(item)
         return group, False
 
-    def _write(self, group: list[_Pending]) -> None:
+    def _write(self, group: list[Delivery]) -> None:
         if not group:
             return
         notifications: list[Any] = []
         try:
-            outcomes = self._commit([(item.conn_id, item.event) for item in group], notifications)
+            outcomes = self._commit(group, notifications)
         except Exception:
             if len(group) == 1:
                 group[0].future.set_exception(_failure(group[0]))
@@ -149,24 +162,38 @@ class GroupWriter:
             return
         for item, outcome in zip(group, outcomes, strict=True):
             item.future.set_result(outcome)
+        _log_group(group, outcomes)
         _notify(notifications)
 
-    def _write_alone(self, item: _Pending) -> None:
+    def _write_alone(self, item: Delivery) -> None:
         notifications: list[Any] = []
         try:
-            (outcome,) = self._commit([(item.conn_id, item.event)], notifications)
+            (outcome,) = self._commit([item], notifications)
         except Exception:
             item.future.set_exception(_failure(item))
             return
         item.future.set_result(outcome)
+        _log_group([item], [outcome])
         _notify(notifications)
+
+
+def _log_group(group: list[Delivery], outcomes: list[Outcome]) -> None:
+    """One line per transaction: which calls it recorded (ids only), how many were duplicates."""
+    pairs = zip(group, outcomes, strict=True)
+    new = [f"{item.event.call_id} ({item.event.status})" for item, outcome in pairs if outcome is Outcome.RECORDED]
+    log.info(
+        "DialNexa webhook: recorded %d call(s) in one transaction, %d duplicate(s): %s",
+        len(new),
+        len(group) - len(new),
+        ", ".join(new[:20]) + (f" and {len(new) - 20} more" if len(new) > 20 else ""),
+    )
 
 
 class RecordingFailedError(RuntimeError):
     """The delivery's transaction failed and was rolled back (the cause is chained)."""
 
 
-def _failure(item: _Pending) -> RecordingFailedError:
+def _failure(item: Delivery) -> RecordingFailedError:
     log.exception(
         "DialNexa webhook for %r: could not record call %r (%s); answered 503 so DialNexa retries",
         item.conn_id,
