@@ -251,3 +251,15 @@ def _asset_id() -> int:
         found = _adapter.find_asset_id(session, URI)
     assert found is not None
     return found
+
+
+def test_an_airflow_line_not_checked_uses_the_manager(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_adapter, "DIRECT_PATH_LINES", ("9.9",))
+    _adapter._direct_path_allowed.cache_clear()
+    try:
+        with _session() as session:
+            asset = _adapter.find_asset(session, URI)
+            assert asset is not None
+            assert _adapter.consuming_dags(session, asset, URI) is None
+    finally:
+        _adapter._direct_path_allowed.cache_clear()

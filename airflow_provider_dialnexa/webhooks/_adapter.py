@@ -220,19 +220,28 @@ def register_event(
 # ``asset.updates`` (``dataset.updates``). It notifies listeners ``on_asset_changed`` and
 # ``on_asset_event_emitted`` (2.11: ``on_dataset_changed``, before commit; here always after it).
 # Consuming DAGs: 3.3: scheduled on the asset (by reference, name or URI) and not paused; 2.11: scheduled on
-# it, active and not paused. Whatever else the manager could do sends the events through it instead: a
-# manager class configured in place of Airflow's own, 3.x multi-team mode, or a partition-aware consumer
-# (Airflow writes a "missing partition key" log row for it). ``tests/test_webhook_fastpath.py`` proves the
-# rows, the notifications and the scheduler's runs equal the manager's.
+# it, active and not paused. Whatever else the manager could do sends the events through it instead: an
+# Airflow line not checked here (``DIRECT_PATH_LINES``), a manager class configured in place of Airflow's own,
+# 3.x multi-team mode, or a partition-aware consumer (Airflow writes a "missing partition key" log row for
+# it). ``tests/test_webhook_fastpath.py`` proves the rows, the notifications and the scheduler's runs equal
+# the manager's.
 
 
 #: SQLAlchemy 2 (Airflow 3) returns generated ids of a many-row INSERT in the rows' order; 1.4 (2.11) does not.
 BATCHED_RETURNING = int(sqlalchemy_version.split(".")[0]) >= 2
 
 
+#: The Airflow lines whose manager the direct path was checked against (others use the manager itself).
+DIRECT_PATH_LINES = ("2.11", "3.3")
+
+
 @functools.cache
 def _direct_path_allowed() -> bool:
-    """Airflow's own manager class is configured (not a replacement), and 3.x multi-team mode is off."""
+    """A checked Airflow line, its own manager class configured (not a replacement), 3.x multi-team mode off."""
+    from airflow import __version__ as airflow_version
+
+    if ".".join(airflow_version.split(".")[:2]) not in DIRECT_PATH_LINES:
+        return False
     line = airflow_line()
     if line.v3:
         from airflow.assets.manager import AssetManager
@@ -270,11 +279,13 @@ def consuming_dags(session: Session, asset: tuple[int, str], uri: str) -> list[s
     from airflow.models.asset import DagScheduleAssetNameReference, DagScheduleAssetUriReference
 
     by_name, by_uri = DagScheduleAssetNameReference, DagScheduleAssetUriReference
+    unpaused = dag.is_paused.is_(False)
     columns = (dag.dag_id, dag.timetable_partitioned)
     query = union(
         select(*columns).join(ref, ref.dag_id == dag.dag_id).where(ref.asset_id == asset[0], _not_paused(dag)),
-        select(*columns).join(by_name, by_name.dag_id == dag.dag_id).where(by_name.name == asset[1], _not_paused(dag)),
-        select(*columns).join(by_uri, by_uri.dag_id == dag.dag_id).where(by_uri.uri == uri, _not_paused(dag)),
+        # The manager reads these two in SQL (``is_paused IS false``), the first through Python (``not is_paused``).
+        select(*columns).join(by_name, by_name.dag_id == dag.dag_id).where(by_name.name == asset[1], unpaused),
+        select(*columns).join(by_uri, by_uri.dag_id == dag.dag_id).where(by_uri.uri == uri, unpaused),
     )
     found = session.execute(query).all()
     if any(partitioned for _, partitioned in found):
