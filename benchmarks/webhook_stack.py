@@ -62,6 +62,8 @@ class AirflowStack:
     dags: list[Path]
     db_url: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Switch the throwaway SQLite DB to WAL journaling after migrating it (Airflow 3 does it itself; 2.11 not).
+    sqlite_wal: bool = False
     web_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -149,6 +151,11 @@ class AirflowStack:
     def start_all(self) -> None:
         """Migrate the DB, then start the web server and the scheduler (and the dag-processor on Airflow 3)."""
         self.airflow("db", "migrate")
+        if self.sqlite_wal and not self.db_url:
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.home / "airflow.db")) as db:
+                db.execute("PRAGMA journal_mode=WAL")
         self.start_web()
         self.start("scheduler", "scheduler")
         if AIRFLOW_3:

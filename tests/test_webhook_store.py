@@ -245,7 +245,7 @@ def test_a_database_failure_commits_nothing_and_the_retry_records(conn: None, mo
         raise RuntimeError("database went away")
 
     with monkeypatch.context() as patch:
-        patch.setattr(_adapter, "register_event", broken)
+        patch.setattr(_adapter, "register_events", broken)
         reply = deliver(body)
     assert reply.status == 503
     assert events_of("call_fail_1") == []

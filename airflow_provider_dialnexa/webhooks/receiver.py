@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow_provider_dialnexa._connection import webhook_secrets
 from airflow_provider_dialnexa.webhooks import signature
-from airflow_provider_dialnexa.webhooks.events import Kind, MalformedEventError, parse
+from airflow_provider_dialnexa.webhooks.events import Kind, MalformedEventError, WebhookEvent, parse
 from airflow_provider_dialnexa.webhooks.store import Outcome
 from airflow_provider_dialnexa.webhooks.uri import valid_conn_id
 
@@ -75,6 +75,14 @@ class _SecretsCache:
             while len(self._entries) > _CACHE_SIZE:
                 self._entries.popitem(last=False)
         return secrets, True
+
+    def peek(self, conn_id: str) -> tuple[str, ...] | None:
+        """The cached secrets while fresh (never reads the connection); None when absent or stale."""
+        with self._lock:
+            cached = self._entries.get(conn_id)
+        if cached is None or time.monotonic() - cached[0] >= SECRETS_TTL:
+            return None
+        return cached[1]
 
     def clear(self) -> None:
         with self._lock:
@@ -126,18 +134,30 @@ def authenticate(conn_id: str, signatures: Iterable[str], body: bytes, remote: s
     return _reject("signature does not match", conn_id, remote, len(body))
 
 
-def handle(
+def verified_from_cache(conn_id: str, signatures: Iterable[str], body: bytes) -> bool:
+    """True when the connection's cached secrets verify ``body`` (no I/O: the async route calls it on its loop)."""
+    if not valid_conn_id(conn_id):
+        return False
+    secrets = secrets_cache.peek(conn_id)
+    return bool(secrets) and signature.verify(body, [value for value in signatures if value], secrets or ())
+
+
+def check(
     conn_id: str,
     signatures: Iterable[str],
     body: bytes,
     *,
     remote: str | None = None,
-    on_recorded: Callable[[], None] | None = None,
-) -> Reply:
-    """Authenticate, read and act on one delivery (see the module docstring for every answer)."""
-    rejected = authenticate(conn_id, signatures, body, remote)
-    if rejected is not None:
-        return rejected
+    authenticated: bool = False,
+) -> Reply | WebhookEvent:
+    """Authenticate and read one delivery: the reply when that settles it, else the call-ended event to record.
+
+    ``authenticated`` skips the signature check (the caller just verified it with ``verified_from_cache``).
+    """
+    if not authenticated:
+        rejected = authenticate(conn_id, signatures, body, remote)
+        if rejected is not None:
+            return rejected
     try:
         event = parse(body)
     except MalformedEventError as exc:
@@ -149,40 +169,37 @@ def handle(
     if event.kind is Kind.OTHER:
         log.info("DialNexa webhook for %r: event %r needs no action", conn_id, event.name or "(unnamed)")
         return Reply(200, {"status": "ignored", "event": event.name})
-    try:
-        outcome = _record(conn_id, event)
-    except Exception:
-        log.exception(
-            "DialNexa webhook for %r: could not record call %r (%s); answered 503 so DialNexa retries",
-            conn_id,
-            event.call_id,
-            event.status,
-        )
-        return Reply(503, {"detail": "The event could not be recorded; retry later"})
-    log.log(
-        logging.INFO if outcome is Outcome.RECORDED else logging.DEBUG,
-        "DialNexa webhook for %r: call %r ended (%s): %s",
-        conn_id,
-        event.call_id,
-        event.status,
-        outcome.value,
-    )
-    if on_recorded is not None:
-        on_recorded()
+    return event
+
+
+def recorded(conn_id: str, event: WebhookEvent, outcome: Outcome) -> Reply:
+    """The 200 after the commit that holds (or already held) the event (the writer logs each group)."""
+    log.debug("DialNexa webhook for %r: call %r ended (%s): %s", conn_id, event.call_id, event.status, outcome.value)
     return Reply(200, {"status": outcome.value, "call_id": event.call_id, "call_status": event.status})
 
 
-def _record(conn_id: str, event: Any) -> Outcome:
-    from airflow.utils.session import create_session
+#: The answer when the metadata DB failed: nothing was committed, DialNexa's retry records it.
+NOT_RECORDED = Reply(503, {"detail": "The event could not be recorded; retry later"})
 
-    from airflow_provider_dialnexa.webhooks.store import record
 
-    notifications: list[Callable[[], None]] = []
-    with create_session() as session:  # commits on success, rolls back on any exception
-        outcome = record(session, conn_id, event, after_commit=notifications)
-    for notify in notifications:  # Airflow's listeners, told only about a committed event
-        try:
-            notify()
-        except Exception:  # the event is committed: a listener's failure must not turn it into a 503
-            log.exception("DialNexa webhook for %r: an asset listener failed on call %r", conn_id, event.call_id)
-    return outcome
+def handle(
+    conn_id: str,
+    signatures: Iterable[str],
+    body: bytes,
+    *,
+    remote: str | None = None,
+    on_recorded: Callable[[], None] | None = None,
+) -> Reply:
+    """Authenticate, read and act on one delivery (every answer: the module docstring); waits for the commit."""
+    from airflow_provider_dialnexa.webhooks.writer import writer
+
+    checked = check(conn_id, signatures, body, remote=remote)
+    if isinstance(checked, Reply):
+        return checked
+    try:
+        outcome = writer.submit(conn_id, checked).result()
+    except Exception:  # logged by the writer, with its cause
+        return NOT_RECORDED
+    if on_recorded is not None:
+        on_recorded()
+    return recorded(conn_id, checked, outcome)

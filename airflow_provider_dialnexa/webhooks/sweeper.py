@@ -34,9 +34,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import exists, func, insert, inspect, select, update
+from sqlalchemy import exists, func, inspect, select, update
 
 from airflow_provider_dialnexa.webhooks import _adapter
 from airflow_provider_dialnexa.webhooks.store import TABLE_NAME, receipts
@@ -188,7 +188,7 @@ def sweep(session: Session, *, now: datetime | None = None) -> SweepResult:
             log.warning("DialNexa webhook: event %s fell behind its DAG's runs; re-dated it to be consumed", event_id)
     queued_at = _utcnow()
     for asset_id, dag_id in sorted(to_queue):
-        _insert_queue_row(session, line, line.queue_row(asset_id, dag_id, max(queued_at, now)))
+        _adapter.insert_queue_row(session, line.queue_row(asset_id, dag_id, max(queued_at, now)))
         result.queued.append((asset_id, dag_id))
     if done:
         session.execute(update(receipts).where(receipts.c.asset_event_id.in_(done)).values(pending=False))
@@ -201,22 +201,6 @@ def sweep(session: Session, *, now: datetime | None = None) -> SweepResult:
     if result.queued:
         log.info("DialNexa webhook: queued %d DAG run(s) for events left behind: %s", len(result.queued), result.queued)
     return result
-
-
-def _insert_queue_row(session: Session, line: _adapter.Line, values: dict[str, Any]) -> None:
-    """Insert a run-queue row unless one exists (the receiver or the scheduler may race us)."""
-    table = line.queue.__table__
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        session.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        session.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
-    else:
-        session.execute(insert(table).values(**values).prefix_with("IGNORE"))
 
 
 class Sweeper:
