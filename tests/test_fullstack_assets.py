@@ -90,9 +90,11 @@ def test_each_export_resolves_the_alias_to_its_file_and_triggers_the_check_dag(s
     )
     stack.airflow("dags", "unpause", CHECK_DAG)  # asset events queue runs only for unpaused DAGs
     stack.airflow("dags", "unpause", EXPORT_DAG)
-    # A manual run needs a logical date to have a data interval (Airflow 3: the hour it is triggered in).
-    now = datetime.now(UTC).replace(microsecond=0).isoformat()
-    stack.airflow("dags", "trigger", EXPORT_DAG, "--run-id", RUN_ID, "--logical-date" if AIRFLOW_V_3 else "-e", now)
+    # A manual run needs a logical date to have a data interval. An hour back, so that it exports the hour
+    # before the one the scheduler's own latest run exports: two runs writing the same file at the same moment
+    # race in Airflow's asset registration (both INSERT the alias's new asset; the second one fails the task).
+    when = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat()
+    stack.airflow("dags", "trigger", EXPORT_DAG, "--run-id", RUN_ID, "--logical-date" if AIRFLOW_V_3 else "-e", when)
 
     def every_export_checked() -> dict[str, Any] | None:
         exports, checks = runs(stack, EXPORT_DAG), runs(stack, CHECK_DAG)
