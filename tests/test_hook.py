@@ -50,6 +50,7 @@ from airflow_provider_dialnexa.hooks import dialnexa as hook_module
 from airflow_provider_dialnexa.hooks.dialnexa import DialNexaHook, close_async_clients
 from airflow_provider_dialnexa.policy import RateBudget, RetryPolicy, budget_for, parse_retry_after
 from airflow_provider_dialnexa.simulator import Fault, Simulator
+from airflow_provider_dialnexa.simulator.app import HUNG_UP
 
 FAST = RetryPolicy(backoff_base=0.01, backoff_max=0.05, min_wait=0)
 #: Retries the test connection allows (its ``max_retries`` extra): a persistent fault costs this + 1 requests.
@@ -359,7 +360,7 @@ def test_slow_response_beyond_the_timeout_is_unreachable(api_key: str, monkeypat
     assert isinstance(info.value, DialNexaServerError)
     assert "Timeout" in str(info.value)
     # each held answer was logged when the hook hung up: two attempts, nothing more.
-    assert _statuses(private, call_id) == [200, 200]
+    assert _statuses(private, call_id) == [HUNG_UP, HUNG_UP]
 
 
 def test_connection_reset_mid_response_then_success(hook: DialNexaHook, sim: Simulator) -> None:
@@ -774,7 +775,7 @@ async def test_aget_call_slow_response_is_unreachable(api_key: str, monkeypatch:
             await close_async_clients()
         assert private.stats()["faults_fired"] == {"slow": 2}
     assert "Timeout" in str(info.value)
-    assert _statuses(private, call_id) == [200, 200]
+    assert _statuses(private, call_id) == [HUNG_UP, HUNG_UP]
 
 
 async def test_aget_call_connection_refused(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:

@@ -55,6 +55,7 @@ from airflow_provider_dialnexa.operators.dialnexa import DialNexaGetCallOperator
 from airflow_provider_dialnexa.policy import RetryPolicy
 from airflow_provider_dialnexa.sensors.dialnexa import DialNexaCallSensor
 from airflow_provider_dialnexa.simulator import OUTCOMES, Fault, LogEntry, Simulator
+from airflow_provider_dialnexa.simulator.app import HUNG_UP
 from airflow_provider_dialnexa.triggers.dialnexa import DialNexaCallTrigger
 
 #: A recognisable key: the secret checks look for it, and for its secret half alone, in everything.
@@ -331,7 +332,7 @@ async def test_single_fault_of_every_kind_heals_per_call(sim: Simulator, conns: 
         assert_clean_event(event, sim.record(call_id))
         seen = await asyncio.to_thread(settled_log, sim, call_id, 2)
         assert [e.route for e in seen] == ["get", "get"], f"{kind}: {seen}"
-        first_status = {"reset": 0, "slow": 200, "502_html": 502}.get(kind, int(kind) if kind.isdigit() else 200)
+        first_status = {"reset": 0, "slow": HUNG_UP, "502_html": 502}.get(kind, int(kind) if kind.isdigit() else 200)
         assert seen[0].status_code == first_status, kind
         figures("heal/per_call", kind=kind, requests=len(seen), statuses=[e.status_code for e in seen])
     assert sim.stats()["faults_fired"] == dict.fromkeys(kinds, 1)

@@ -23,6 +23,7 @@ from airflow_provider_dialnexa.simulator import (
     SimulatorError,
     SimulatorProcess,
 )
+from airflow_provider_dialnexa.simulator.app import HUNG_UP
 from airflow_provider_dialnexa.status import normalise
 
 TERMINAL_FIELDS = ("ended_at", "end_reason", "sentiment", "transcript", "summary", "recording_url")
@@ -381,7 +382,8 @@ def test_fault_kinds_on_get(simulator: Simulator, api: Api, kind: str) -> None:
 def test_a_held_answer_ends_when_the_client_hangs_up(simulator: Simulator, api_key: str, kind: str) -> None:
     """A ``slow`` answer is held ``delay_s`` or until the client hangs up, whichever is first: the request is
     logged as soon as the client has gone, so a test can hold answers far longer than any stall of a loaded
-    machine (the client always times out first) without waiting for them."""
+    machine (the client always times out first) without waiting for them. It is logged as ``HUNG_UP`` (499):
+    no answer reached the client."""
     call_id = ended(simulator)
     simulator.add_fault(Fault(kind=kind, route="get", call_id=call_id, count=1, delay_s=3600))
     host, port = simulator.url.removeprefix("http://").split(":")
@@ -392,7 +394,7 @@ def test_a_held_answer_ends_when_the_client_hangs_up(simulator: Simulator, api_k
     deadline = time.monotonic() + 30
     while not simulator.requests(call_id=call_id) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert [(e.route, e.status_code) for e in simulator.requests(call_id=call_id)] == [("get", 200)]
+    assert [(e.route, e.status_code) for e in simulator.requests(call_id=call_id)] == [("get", HUNG_UP)]
     assert simulator.stats()["faults_fired"] == {kind: 1}
 
 

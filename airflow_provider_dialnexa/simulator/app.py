@@ -104,12 +104,22 @@ CREATE_REFUSALS: dict[int, str] = {
 }
 
 
-async def _hold(delay: float, receive: Receive) -> None:
+#: Logged status of a request whose client hung up while its answer was held (nginx's "client closed request").
+HUNG_UP = 499
+
+
+class _Held:
+    """Whether a request's client hung up while its answer was held (set by ``_hold``, read when logging)."""
+
+    hung_up = False
+
+
+async def _hold(delay: float, receive: Receive, held: _Held) -> None:
     """Hold a request's answer ``delay`` seconds, or until the client hangs up (no one waits for it then).
 
     A ``slow`` answer is meant to come after the client's read timeout. Ending the hold at the hang-up logs
-    the request as soon as the client gave up, so a test can make the delay as long as it likes (far beyond
-    any stall of a loaded machine) without waiting for it.
+    the request (status ``HUNG_UP``: no answer reached the client) as soon as the client gave up, so a test
+    can make the delay as long as it likes (far beyond any stall of a loaded machine) without waiting for it.
     """
 
     async def hang_up() -> None:
@@ -118,20 +128,21 @@ async def _hold(delay: float, receive: Receive) -> None:
 
     try:
         await asyncio.wait_for(hang_up(), delay)
+        held.hung_up = True
     except TimeoutError:
         pass
     except asyncio.CancelledError:  # server shutting down mid-delay: end quietly, not with a traceback
         raise SimulatedReset("shutdown during a simulated delay") from None
 
 
-async def _lose(fault: Fault, reply: Reply, receive: Receive) -> tuple[Reply, bool] | None:
+async def _lose(fault: Fault, reply: Reply, receive: Receive, held: _Held) -> tuple[Reply, bool] | None:
     """The answer of a ``lost_*`` fault after the route ran (the call exists): a 502/504, or a late reply."""
     if fault.kind == "lost_502":
         return Reply(502, _HTML_502, HTML), False
     if fault.kind == "lost_504":
         return _error(504, "Gateway Timeout"), False
     if fault.kind == "lost_slow":
-        await _hold(fault.delay_s, receive)  # the client gave up long ago; the call was placed anyway
+        await _hold(fault.delay_s, receive, held)  # the client gave up long ago; the call was placed anyway
         return reply, False
     return None
 
@@ -300,10 +311,14 @@ class SimulatorApp:
         paged = route in ("list", "batch_list", "batch_get", "webhook_list")
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True) if paged else {}
         call_ids = (call_id,) if call_id is not None else tuple(split_csv(query.get("call_id")))
-        reply, reset = await self._answer(route, method, scope, call_ids, query, body, now, receive)
+        held = _Held()
+        reply, reset = await self._answer(route, method, scope, call_ids, query, body, now, receive, held)
         client = scope.get("client")
         peer = tuple(client) if client else None
-        window = state.note(method, route, call_ids, 0 if reset else reply.status, peer, now)
+        status = 0 if reset else HUNG_UP if held.hung_up else reply.status
+        window = state.note(method, route, call_ids, status, peer, now)
+        if held.hung_up:
+            return  # nobody to answer
         if reply.status == 429:
             window = window._replace(remaining=0)
         extra = header_values(window, now, state.config.reset_style) if state.config.rate_headers else []
@@ -326,6 +341,7 @@ class SimulatorApp:
         body: bytes,
         now: float,
         receive: Receive,
+        held: _Held,
     ) -> tuple[Reply, bool]:
         """The reply to a public-API request and whether to reset the connection while sending it."""
         state = self.state
@@ -340,7 +356,7 @@ class SimulatorApp:
         fault = state.match_fault(route, call_ids)
         delay = state.config.latency_s + (fault.delay_s if fault is not None and fault.kind == "slow" else 0.0)
         if delay:
-            await _hold(delay, receive)
+            await _hold(delay, receive, held)
             now = time.time()  # the call's lifecycle moved on while we slept
         if fault is not None and (fault.kind in ERROR_FAULTS or is_status_fault(fault.kind)):
             return _fault_reply(fault, self._echoed(route, call_ids, body) if fault.echo_number else None), False
@@ -363,7 +379,7 @@ class SimulatorApp:
             mangled = _mangle(fault.kind, route, status, payload)
             if mangled is not None:
                 return mangled, False
-        if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)), receive)) is not None:
+        if fault is not None and (lost := await _lose(fault, Reply(status, dumps(payload)), receive, held)) is not None:
             return lost
         return Reply(status, dumps(payload)), fault is not None and fault.kind == "reset"
 
