@@ -319,7 +319,8 @@ def test_an_event_dated_inside_a_passed_window_is_redated_once(conn: None) -> No
     assert deliver(_body("call_late_0")).body["status"] == "recorded"
     schedule_once()
     # A delivery that another writer dated before that run's window closed but committed after the run read
-    # the events (clock skew between replicas): reproduced by back-dating a new event.
+    # the events (clock skew between replicas): reproduced by back-dating a new event to just before the one
+    # that run consumed (further back could predate the DAG's schedule reference: no longer its event then).
     assert deliver(_body("call_late_1")).body["status"] == "recorded"
     line = _adapter.airflow_line()
     (late,) = events_of("call_late_1")
@@ -327,7 +328,7 @@ def test_an_event_dated_inside_a_passed_window_is_redated_once(conn: None) -> No
         session.execute(
             update(line.asset_event)
             .where(line.asset_event.id == late.id)
-            .values(timestamp=events_of("call_late_0")[0].timestamp - timedelta(seconds=1))
+            .values(timestamp=events_of("call_late_0")[0].timestamp - timedelta(microseconds=1))
         )
     schedule_once()
     assert "call_late_1" not in runs_by_call()  # the run after it skipped it: its date is behind the window
