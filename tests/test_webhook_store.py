@@ -22,7 +22,7 @@ from airflow_provider_dialnexa.webhooks import _adapter, calls_asset_uri, calls_
 from airflow_provider_dialnexa.webhooks.events import parse
 from airflow_provider_dialnexa.webhooks.receiver import UNAUTHORIZED, handle
 from airflow_provider_dialnexa.webhooks.signature import sign
-from airflow_provider_dialnexa.webhooks.store import Outcome, receipt_rows, receipts, record
+from airflow_provider_dialnexa.webhooks.store import Outcome, ensure_table, receipt_rows, receipts, record
 from airflow_provider_dialnexa.webhooks.sweeper import REDATE_GRACE, WATCH_SECONDS, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +279,7 @@ def _drain() -> None:
         with _session() as session:
             sweep(session)
     with _session() as session:
+        ensure_table(session.get_bind().engine)  # the test may be the first of its process (xdist)
         session.execute(update(receipts).values(pending=False))
     schedule_once()
 
