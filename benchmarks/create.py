@@ -83,6 +83,20 @@ def _allow_execute_in_this_thread() -> None:
         ExecutorSafeguard._sentinel.callers = {}
 
 
+def warm_up_airflow() -> None:
+    """Do in this thread what the first ``execute()`` imports and configures lazily.
+
+    Workers run each task in its own process; this benchmark runs them as threads of one process. On Airflow
+    2.11 the first ``execute()`` imports ``airflow.decorators`` (and with it SQLAlchemy models) while another
+    thread's connection lookup configures the mappers: the import lock and SQLAlchemy's configure lock taken
+    in opposite orders deadlocked a run of the benchmark. Importing and configuring first leaves nothing lazy.
+    """
+    import airflow.decorators  # noqa: F401  (what 2.11's ExecutorSafeguard imports on the first execute)
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
+
+
 def run_scenario(
     sim: SimulatorControls, n: int, seed: int, workers: int, fault_rate: float, crash_rate: float
 ) -> dict[str, Any]:
@@ -129,6 +143,7 @@ def run_scenario(
             return call_id
         return None
 
+    warm_up_airflow()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lead, range(n)))
