@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("airflow_provider_dialnexa.webhooks")
 
 
-def _setting(name: str, default: float) -> float:
+def setting(name: str, default: float) -> float:
     """``[dialnexa] <name>`` from Airflow's config (``AIRFLOW__DIALNEXA__<NAME>``), else the default."""
     value = os.environ.get(f"AIRFLOW__DIALNEXA__{name.upper()}")
     try:
@@ -57,9 +57,9 @@ def _setting(name: str, default: float) -> float:
         return default
 
 
-SWEEP_INTERVAL = _setting("webhook_sweep_interval", 2.0)
-IDLE_INTERVAL = _setting("webhook_idle_interval", 15.0)
-WATCH_SECONDS = _setting("webhook_watch_seconds", 3600.0)
+SWEEP_INTERVAL = setting("webhook_sweep_interval", 2.0)
+IDLE_INTERVAL = setting("webhook_idle_interval", 15.0)
+WATCH_SECONDS = setting("webhook_watch_seconds", 3600.0)
 #: An event is re-dated only when older than this: a scheduler transaction consuming it has committed by then.
 REDATE_GRACE = timedelta(seconds=10)
 BATCH = 1000

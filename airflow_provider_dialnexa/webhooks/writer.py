@@ -28,24 +28,15 @@ from typing import Any
 
 from airflow_provider_dialnexa.webhooks.events import WebhookEvent
 from airflow_provider_dialnexa.webhooks.store import Outcome
+from airflow_provider_dialnexa.webhooks.sweeper import setting
 
 log = logging.getLogger("airflow_provider_dialnexa.webhooks")
 
 
-def _setting(name: str, default: float) -> float:
-    """``AIRFLOW__DIALNEXA__<NAME>`` from the environment, else the default."""
-    value = os.environ.get(f"AIRFLOW__DIALNEXA__{name.upper()}")
-    try:
-        return float(value) if value else default
-    except ValueError:
-        log.warning("AIRFLOW__DIALNEXA__%s=%r is not a number; using %s", name.upper(), value, default)
-        return default
-
-
 #: How long the writer waits, from the oldest delivery's arrival, for others to join its group (seconds).
-GROUP_WINDOW = _setting("webhook_group_window", 0.005)
+GROUP_WINDOW = setting("webhook_group_window", 0.005)
 #: The most deliveries one transaction records.
-GROUP_MAX = max(1, int(_setting("webhook_group_max", 200)))
+GROUP_MAX = max(1, int(setting("webhook_group_max", 200)))
 
 Commit = Callable[[Sequence["Delivery"], list[Any]], list[Outcome]]
 
